@@ -1,0 +1,84 @@
+"""Show every experiment of a registry: its shape, budget, batch plan and estimated cost.
+
+Wall time is estimated as C / (GPUs x peak bf16 FLOP/s x utilisation) on each GPU
+partition; the utilisation (model FLOPs utilisation, MFU) is an assumption, set
+with --mfu. Small models reach far less than large ones.
+"""
+
+from __future__ import annotations
+
+import json
+
+from orchestrator import fmt
+from orchestrator.errors import UsageError
+from orchestrator.planner import plan_batch
+from orchestrator.profiles import all_profiles
+from orchestrator.registry import load_registry
+
+ESTIMATE_PARTITIONS = ("sphinx", "miso")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("registry", help="registry name, e.g. TRANSFORMER_SCALING")
+    parser.add_argument("--mfu", type=float, default=0.3,
+                        help="assumed model FLOPs utilisation for the wall-time estimate (default 0.3)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def experiment_row(spec, profiles, mfu: float) -> dict:
+    try:
+        plan = plan_batch(spec, profiles[spec.partition]).to_dict()
+    except UsageError as exc:
+        plan = {"error": str(exc)}
+    estimates = {}
+    for name in ESTIMATE_PARTITIONS:
+        if name in profiles:
+            peak = spec.gpus * profiles[name].peak_flops_per_gpu * mfu
+            estimates[name] = spec.flops / peak
+    return {
+        "label": spec.label, "folder_name": spec.folder_name, "identity": spec.identity,
+        "workload": spec.workload, "hidden_dim": spec.hidden_dim, "num_layers": spec.num_layers,
+        "num_heads": getattr(spec, "num_heads", None), **spec.derived(),
+        "learning_rate": spec.learning_rate, "use_mup": spec.use_mup, "partition": spec.partition,
+        "gpus": spec.gpus, "plan": plan, "estimated_wall_s": estimates,
+    }
+
+
+def run(args) -> int:
+    if not 0 < args.mfu <= 1:
+        raise UsageError(f"--mfu must be in (0, 1], got {args.mfu}")
+    specs = load_registry(args.registry, args.registry_module)
+    profiles = all_profiles()
+    rows = [experiment_row(spec, profiles, args.mfu) for spec in specs]
+    if args.json:
+        print(json.dumps({"registry": args.registry, "mfu": args.mfu, "experiments": rows}, indent=2))
+        return 0
+
+    from rich.table import Table
+
+    total = sum(r["flops"] for r in rows)
+    table = Table(title=f"{args.registry}: {len(rows)} experiments, {fmt.flops(total)} FLOPs",
+                  caption=f"N: total (non-embedding) parameters; C = 6 N D; batch x accum from the "
+                          f"memory planner on the experiment's partition; wall time at {args.mfu:.0%} MFU "
+                          f"of peak bf16 (A100 {profiles['sphinx'].peak_bf16_tflops:g}, "
+                          f"H200 {profiles['miso'].peak_bf16_tflops:g} TFLOP/s per GPU)")
+    columns = ["label", "width", "layers", "heads", "N", "N non-emb", "tokens D", "FLOPs", "lr", "mup",
+               "partition", "batch x accum", "GPUs"] + [f"time {p}" for p in ESTIMATE_PARTITIONS]
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("label", "partition") else "right")
+    for r in rows:
+        plan = r["plan"]
+        batch = "[red]no fit[/red]" if "error" in plan else f"{plan['batch_size']} x {plan['grad_accum']}"
+        table.add_row(
+            r["label"], str(r["hidden_dim"]), str(r["num_layers"]),
+            "-" if r["num_heads"] is None else str(r["num_heads"]),
+            fmt.count(r["total_params"]), fmt.count(r["non_embedding_params"]), fmt.count(r["tokens"]),
+            fmt.flops(r["flops"]), f"{r['learning_rate']:.3g}", "yes" if r["use_mup"] else "no",
+            r["partition"], batch, str(r["gpus"]),
+            *(fmt.duration(r["estimated_wall_s"][p]) for p in ESTIMATE_PARTITIONS))
+    console = fmt.console()
+    console.print(table)
+    for r in rows:
+        if "error" in r["plan"]:
+            console.print(f"[red]{r['plan']['error']}[/red]")
+    return 0

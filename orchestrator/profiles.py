@@ -1,0 +1,95 @@
+"""Partition profiles: what the planner and the submitter know about each partition.
+
+The shipped profiles are ``slurm_templates/<name>.yaml``; a user's
+``<config dir>/profiles/<name>.yaml`` overrides keys of a shipped one or adds a new
+partition (see ``orchestrator.config``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+
+from orchestrator import config
+from orchestrator.errors import UsageError, unknown
+
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "slurm_templates"
+BACKENDS = ("slurm", "local")
+GPU_REQUESTS = ("gres", "gpus_per_task", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    backend: str
+    account: str | None
+    gpu_type: str
+    gpu_mem_gb: float
+    peak_bf16_tflops: float
+    max_gpus_per_job: int
+    gpu_request: str
+    mem_gb: int
+    cpus_per_gpu: int
+    default_time_min: int
+    max_time_min: int
+
+    @property
+    def peak_flops_per_gpu(self) -> float:
+        return self.peak_bf16_tflops * 1e12
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(Profile) if f.name != "name")
+
+
+def _shipped_dir() -> Path:
+    # Installed non-editable, slurm_templates is a package next to orchestrator.
+    if SHIPPED_DIR.is_dir():
+        return SHIPPED_DIR
+    import slurm_templates
+
+    return Path(slurm_templates.__file__).parent
+
+
+def _build(name: str, data: dict, sources: list[Path]) -> Profile:
+    where = " + ".join(str(s) for s in sources)
+    for key in data:
+        if key not in FIELDS:
+            raise unknown(f"profile key in {where}:", key, FIELDS)
+    missing = [k for k in FIELDS if k not in data]
+    if missing:
+        raise UsageError(f"profile {name!r} ({where}) is missing: {', '.join(missing)}")
+    if data["backend"] not in BACKENDS:
+        raise unknown(f"backend in profile {name!r}:", data["backend"], BACKENDS)
+    if data["gpu_request"] not in GPU_REQUESTS:
+        raise unknown(f"gpu_request in profile {name!r}:", data["gpu_request"], GPU_REQUESTS)
+    for key in ("gpu_mem_gb", "peak_bf16_tflops", "max_gpus_per_job", "mem_gb", "cpus_per_gpu",
+                "default_time_min", "max_time_min"):
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise UsageError(f"profile {name!r}: {key} must be a positive number, got {value!r}")
+    return Profile(name=name, **data)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_all(user_dir: Path) -> dict[str, Profile]:
+    raw: dict[str, tuple[dict, list[Path]]] = {}
+    for directory in (_shipped_dir(), user_dir):
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.glob("*.yaml")):
+            data, sources = raw.get(path.stem, ({}, []))
+            raw[path.stem] = ({**data, **config.read_yaml(path)}, sources + [path])
+    return {name: _build(name, data, sources) for name, (data, sources) in raw.items()}
+
+
+def all_profiles() -> dict[str, Profile]:
+    return _load_all(config.config_dir() / "profiles")
+
+
+def get_profile(name: str) -> Profile:
+    profiles = all_profiles()
+    if name not in profiles:
+        raise unknown("partition", name, profiles)
+    return profiles[name]

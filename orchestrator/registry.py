@@ -1,0 +1,90 @@
+"""Find registries by name: module-level UPPER_CASE lists of ExperimentSpec.
+
+Registries live in the modules of the ``experiments`` package, plus the user's own
+modules: ``--registry-module`` on the command line, or ``registry_modules`` in the user
+config (see ``orchestrator.config``). A module is a dotted name or a path to a .py file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pkgutil
+from pathlib import Path
+from types import ModuleType
+from typing import Iterable
+
+from orchestrator import config
+from orchestrator.errors import UsageError, unknown
+from orchestrator.spec import ExperimentSpec
+
+
+def _import(name: str) -> ModuleType:
+    if name.endswith(".py") or "/" in name:
+        path = Path(name).expanduser().resolve()
+        if not path.is_file():
+            raise UsageError(f"registry module file {name!r} does not exist")
+        module_name = f"_registry_{path.stem}_{abs(hash(str(path))):x}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and name.startswith(exc.name):
+            raise UsageError(f"registry module {name!r} not found (is it on PYTHONPATH?)") from None
+        raise
+
+
+def _modules(extra_modules: Iterable[str]) -> list[ModuleType]:
+    import experiments
+
+    names = [f"experiments.{m.name}" for m in pkgutil.iter_modules(experiments.__path__)
+             if not m.name.startswith("_")]
+    names += config.registry_modules() + list(extra_modules)
+    return [_import(name) for name in names]
+
+
+def _is_registry(name: str, value) -> bool:
+    return (name.isupper() and isinstance(value, list) and value
+            and all(isinstance(item, ExperimentSpec) for item in value))
+
+
+def all_registries(extra_modules: Iterable[str] = ()) -> dict[str, list[ExperimentSpec]]:
+    """Every registry by name; a name defined by two modules is an error."""
+    found: dict[str, tuple[str, list[ExperimentSpec]]] = {}
+    for module in _modules(extra_modules):
+        for name, value in vars(module).items():
+            if not _is_registry(name, value):
+                continue
+            if name in found and found[name][1] is not value:
+                raise UsageError(f"registry {name} is defined in both {found[name][0]} and {module.__name__}")
+            found[name] = (module.__name__, value)
+    return {name: value for name, (_, value) in found.items()}
+
+
+def load_registry(name: str, extra_modules: Iterable[str] = ()) -> list[ExperimentSpec]:
+    registries = all_registries(extra_modules)
+    if name not in registries:
+        raise unknown("registry", name, registries)
+    specs = registries[name]
+    check_duplicates(name, specs)
+    return specs
+
+
+def check_duplicates(name: str, specs: list[ExperimentSpec]) -> None:
+    """Two specs with one identity, or one output (folder/label) with two identities: error."""
+    by_identity: dict[str, ExperimentSpec] = {}
+    by_output: dict[str, ExperimentSpec] = {}
+    for spec in specs:
+        if spec.identity in by_identity:
+            first = by_identity[spec.identity]
+            raise UsageError(f"registry {name}: {first.run_name} and {spec.run_name} are the same "
+                             f"experiment (identity {spec.identity})")
+        by_identity[spec.identity] = spec
+        if spec.run_name in by_output:
+            first = by_output[spec.run_name]
+            raise UsageError(f"registry {name}: two different experiments write {spec.run_name} "
+                             f"(identities {first.identity} and {spec.identity})")
+        by_output[spec.run_name] = spec

@@ -1,0 +1,363 @@
+"""ExperimentSpec: one validated, resolved, hashable experiment.
+
+A spec is built from keyword fields (``make_spec(workload="transformer", hidden_dim=64,
+label=...)``). Construction is strict: unknown keys and invalid values raise
+``UsageError`` naming the bad key or value. Fields left as ``None`` that have a rule
+(``num_layers``, ``num_heads``, ``warmup_steps``, resources, the token budget) are
+resolved at construction, so a spec is always concrete and its JSON round-trips.
+
+Workloads are pluggable: each workload is a subclass registered with
+``@register_workload("name")`` that adds its own fields, its parameter count and its
+activation-memory estimate (see ``workloads/``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import re
+from typing import Any, ClassVar
+
+from orchestrator.errors import UsageError, unknown
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+BUILTIN_DATASETS = ("shakespeare", "kjv")
+LR_SCHEDULES = ("warmup_cosine", "warmup_constant")
+MUP_LR_RULES = ("paper", "sqrt")
+DEFAULT_TOKENS_PER_PARAM = 20.0
+IDENTITY_LENGTH = 12
+
+# Fields that say where output goes and how a run executes, not what it computes:
+# they never change the identity hash. Two specs that differ only here are duplicates.
+NON_SCIENTIFIC_FIELDS = frozenset({
+    "label", "folder_name", "partition", "gpus", "time_min", "mem_gb", "cpus_per_gpu",
+    "checkpoint_interval_steps", "compile",
+})
+
+WORKLOADS: dict[str, type[ExperimentSpec]] = {}
+
+
+def register_workload(name: str):
+    """Class decorator: ``@register_workload("lstm") class LSTMSpec(ExperimentSpec)``."""
+
+    def register(cls):
+        if name in WORKLOADS and WORKLOADS[name] is not cls:
+            raise ValueError(f"workload {name!r} is registered twice")
+        cls.workload_name = name
+        WORKLOADS[name] = cls
+        return cls
+
+    return register
+
+
+def workloads() -> dict[str, type[ExperimentSpec]]:
+    import workloads as _builtin  # noqa: F401  (registers the shipped workloads)
+
+    return WORKLOADS
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class ExperimentSpec:
+    # identity and output
+    version: int = 1
+    workload: str = ""
+    label: str = dataclasses.field(default=None)  # required
+    folder_name: str | None = None
+    # model
+    hidden_dim: int = dataclasses.field(default=None)  # required
+    num_layers: int | None = None
+    seq_length: int = 512
+    vocab_size: int = 256
+    tie_embeddings: bool = True
+    use_mup: bool = False
+    mup_base_width: int = 32
+    # optimisation
+    learning_rate: float = 1e-3
+    lr_schedule: str = "warmup_cosine"
+    warmup_steps: int | None = None
+    lr_min_ratio: float = 0.1
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    grad_clip: float | None = 1.0
+    target_effective_batch_size: int = 128
+    # token budget: train_tokens, or tokens_per_param x total parameters (Chinchilla: 20)
+    train_tokens: int | None = None
+    tokens_per_param: float | None = None
+    seed: int = 0
+    dataset: str = "shakespeare"
+    eval_interval_steps: int | None = None
+    eval_batches: int = 8
+    log_interval_steps: int = 10
+    # resources: never part of the identity
+    partition: str = "sphinx"
+    gpus: int | None = None
+    time_min: int | None = None
+    mem_gb: int | None = None
+    cpus_per_gpu: int | None = None
+    checkpoint_interval_steps: int = 500
+    compile: bool = False
+
+    workload_name: ClassVar[str] = ""
+    default_gpus: ClassVar[int] = 1
+    # "module:function" that trains one spec, given the path of its JSON
+    trainer: ClassVar[str] = ""
+
+    # ----------------------------------------------------------------- construction
+    def __init__(self, **fields: Any):
+        cls = type(self)
+        names = cls.field_names()
+        for key in fields:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise UsageError(
+                    f"unknown experiment field {key!r}{hint}; valid fields: {', '.join(sorted(names))}")
+        fields.setdefault("workload", cls.workload_name)
+        if fields["workload"] != cls.workload_name:
+            raise UsageError(f"{cls.__name__} is the {cls.workload_name!r} workload, not {fields['workload']!r}")
+        for f in dataclasses.fields(cls):
+            value = fields.get(f.name, f.default)
+            object.__setattr__(self, f.name, _coerce(f.name, value, f.type))
+        object.__setattr__(self, "_given", frozenset(fields))
+        self._resolve()
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def replace(self, **changes: Any) -> ExperimentSpec:
+        """A new spec from the fields this one was *given* plus ``changes``.
+
+        Fields that were resolved by a rule (depth from width, a budget from a ratio)
+        are resolved again, so ``spec.replace(hidden_dim=128)`` gets the right depth.
+        Prefer this to ``dataclasses.replace``, which would carry them over stale.
+        """
+        given = {name: getattr(self, name) for name in self._given}
+        return type(self)(**{**given, **changes})
+
+    def _resolve(self) -> None:
+        def put(name, value):
+            object.__setattr__(self, name, value)
+
+        _check_safe_name("label", self.label)
+        if self.folder_name is None:
+            put("folder_name", self.workload)
+        _check_safe_name("folder_name", self.folder_name)
+
+        for name in ("version", "hidden_dim", "seq_length", "vocab_size", "mup_base_width",
+                     "target_effective_batch_size", "eval_batches", "log_interval_steps",
+                     "checkpoint_interval_steps"):
+            _check_positive(name, getattr(self, name))
+        for name in ("learning_rate", "adam_eps"):
+            _check_positive(name, getattr(self, name))
+        for name in ("num_layers", "train_tokens", "tokens_per_param", "eval_interval_steps",
+                     "gpus", "time_min", "mem_gb", "cpus_per_gpu", "grad_clip"):
+            if getattr(self, name) is not None:
+                _check_positive(name, getattr(self, name))
+        if self.seed < 0:
+            raise UsageError(f"seed must be >= 0, got {self.seed!r}")
+        if not 0 <= self.lr_min_ratio <= 1:
+            raise UsageError(f"lr_min_ratio must be in [0, 1], got {self.lr_min_ratio!r}")
+        if self.weight_decay < 0:
+            raise UsageError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UsageError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _check_dataset(self.dataset)
+
+        self.resolve_architecture(put)
+
+        if self.train_tokens is not None and self.tokens_per_param is not None:
+            raise UsageError("give train_tokens or tokens_per_param, not both "
+                             f"(got {self.train_tokens!r} and {self.tokens_per_param!r})")
+        if self.train_tokens is None and self.tokens_per_param is None:
+            put("tokens_per_param", DEFAULT_TOKENS_PER_PARAM)
+        steps = self.optimizer_steps
+        if self.warmup_steps is None:
+            put("warmup_steps", max(1, round(0.05 * steps)) if steps > 1 else 0)
+        if self.warmup_steps < 0 or self.warmup_steps >= max(steps, 1):
+            raise UsageError(f"warmup_steps must be in [0, {steps}) for {steps} optimizer steps, "
+                             f"got {self.warmup_steps!r}")
+        if self.eval_interval_steps is None:
+            put("eval_interval_steps", max(1, steps // 10))
+
+        self._resolve_resources(put)
+
+    def _resolve_resources(self, put) -> None:
+        from orchestrator.profiles import get_profile
+
+        profile = get_profile(self.partition)
+        if self.gpus is None:
+            put("gpus", min(self.default_gpus, profile.max_gpus_per_job))
+        if self.gpus > profile.max_gpus_per_job:
+            raise UsageError(f"gpus={self.gpus} exceeds partition {profile.name!r}'s "
+                             f"{profile.max_gpus_per_job} GPUs per job")
+        if self.target_effective_batch_size % self.gpus:
+            raise UsageError(f"target_effective_batch_size {self.target_effective_batch_size} is not "
+                             f"divisible by gpus={self.gpus}")
+        if self.time_min is None:
+            put("time_min", profile.default_time_min)
+        if self.time_min > profile.max_time_min:
+            raise UsageError(f"time_min={self.time_min} exceeds partition {profile.name!r}'s "
+                             f"limit of {profile.max_time_min} min")
+        if self.mem_gb is None:
+            put("mem_gb", profile.mem_gb)
+        if self.cpus_per_gpu is None:
+            put("cpus_per_gpu", profile.cpus_per_gpu)
+
+    # ------------------------------------------------------- workload-specific hooks
+    def resolve_architecture(self, put) -> None:
+        """Fill in and check the workload's architecture fields."""
+        raise NotImplementedError
+
+    def param_counts(self) -> tuple[int, int]:
+        """(total parameters, embedding parameters), exactly as the trainer builds them."""
+        raise NotImplementedError
+
+    def activation_bytes_per_sample(self, dtype_bytes: int) -> float:
+        """Activation memory kept for backward by one sequence, for the batch planner."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------- derived numbers
+    @property
+    def total_params(self) -> int:
+        return self.param_counts()[0]
+
+    @property
+    def non_embedding_params(self) -> int:
+        total, embedding = self.param_counts()
+        return total - embedding
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.target_effective_batch_size * self.seq_length
+
+    @property
+    def optimizer_steps(self) -> int:
+        """Steps needed to reach the token budget (the last step may overshoot it)."""
+        budget = self.train_tokens
+        if budget is None:
+            budget = self.tokens_per_param * self.total_params
+        return max(1, math.ceil(budget / self.tokens_per_step))
+
+    @property
+    def tokens(self) -> int:
+        """D: tokens actually trained on, the trainer's ``tokens_processed`` at the end."""
+        return self.optimizer_steps * self.tokens_per_step
+
+    @property
+    def flops(self) -> float:
+        """C = 6 N D with N = total parameters (as in Hoffmann et al. 2022)."""
+        return 6.0 * self.total_params * self.tokens
+
+    def derived(self) -> dict[str, Any]:
+        return {
+            "total_params": self.total_params,
+            "non_embedding_params": self.non_embedding_params,
+            "tokens": self.tokens,
+            "optimizer_steps": self.optimizer_steps,
+            "tokens_per_step": self.tokens_per_step,
+            "flops": self.flops,
+            "flops_formula": "6 * total_params * tokens",
+        }
+
+    # ------------------------------------------------------------------ identity
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.field_names()}
+
+    def scientific_fields(self) -> dict[str, Any]:
+        return {k: v for k, v in self.to_dict().items() if k not in NON_SCIENTIFIC_FIELDS}
+
+    @property
+    def identity(self) -> str:
+        """Short hash of the resolved scientific fields: the same in every process."""
+        canonical = json.dumps(self.scientific_fields(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:IDENTITY_LENGTH]
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.folder_name}/{self.label}"
+
+
+def make_spec(workload: str = "transformer", **fields: Any) -> ExperimentSpec:
+    known = workloads()
+    if workload not in known:
+        raise unknown("workload", workload, known)
+    return known[workload](**fields)
+
+
+def spec_from_dict(data: dict[str, Any]) -> ExperimentSpec:
+    data = dict(data)
+    return make_spec(data.pop("workload", "transformer"), **data)
+
+
+def load_spec(path) -> ExperimentSpec:
+    from pathlib import Path
+
+    data = json.loads(Path(path).read_text())
+    return spec_from_dict(data.get("spec", data))
+
+
+# ---------------------------------------------------------------------- checks
+def _coerce(name: str, value: Any, annotation) -> Any:
+    """Check ``value`` against a field annotation such as ``'int | None'``.
+
+    Integral floats are accepted for int fields (researchers write ``train_tokens=2e9``);
+    ints are accepted for float fields. Nothing else is converted.
+    """
+    type_str = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    if value is None:
+        if "None" in type_str:
+            return None
+        raise UsageError(f"experiment field {name!r} is required")
+    base = type_str.split("|")[0].strip()
+    if base == "bool":
+        if isinstance(value, bool):
+            return value
+    elif base == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif base == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    elif base == "str":
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a new field type needs a rule here
+        raise TypeError(f"no rule to check field {name!r} of type {type_str}")
+    raise UsageError(f"experiment field {name!r} must be {type_str}, got {value!r}")
+
+
+def _check_positive(name: str, value) -> None:
+    if not value > 0:
+        raise UsageError(f"{name} must be > 0, got {value!r}")
+
+
+def _check_choice(name: str, value: str, choices) -> None:
+    if value not in choices:
+        raise unknown(name, value, choices)
+
+
+def _check_safe_name(name: str, value: str) -> None:
+    if not SAFE_NAME.match(value) or ".." in value:
+        raise UsageError(f"{name} {value!r} may only use the characters [A-Za-z0-9._-] and must not contain '..'")
+
+
+def _check_dataset(value: str) -> None:
+    """A built-in corpus name, or a path (with a '/') to a directory of text/jsonl files.
+
+    A path is checked by the trainer on the machine where it runs (it may exist only
+    on the cluster); a bare name must be a built-in one, so a typo fails here.
+    """
+    if "/" in value:
+        return
+    if value not in BUILTIN_DATASETS:
+        raise unknown("dataset", value, BUILTIN_DATASETS)

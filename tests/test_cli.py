@@ -1,0 +1,85 @@
+"""The CLI: list and show output, JSON, exit status 2 with one line for bad input, fast start."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+def test_list_shows_every_registry_with_counts_and_flops():
+    result = cli("list")
+    assert result.returncode == 0, result.stderr
+    for name in ("TRANSFORMER_SCALING", "QUICKSTART", "LSTM_SCALING"):
+        assert name in result.stdout
+    rows = {r["registry"]: r for r in json.loads(cli("list", "--json").stdout)}
+    assert rows["QUICKSTART"]["experiments"] == 12
+    assert rows["TRANSFORMER_SCALING"]["total_flops"] > rows["QUICKSTART"]["total_flops"] > 0
+
+
+def test_show_prints_the_table():
+    result = cli("show", "TRANSFORMER_SCALING")
+    assert result.returncode == 0, result.stderr
+    for text in ("scaling_64d_5tpp", "scaling_1024d_80tpp", "batch x accum", "time sphinx", "time miso", "MFU"):
+        assert text in result.stdout
+
+
+def test_show_json_has_plans_and_estimates():
+    data = json.loads(cli("show", "LSTM_SCALING", "--json", "--mfu", "0.5").stdout)
+    assert data["mfu"] == 0.5 and len(data["experiments"]) == 12
+    row = data["experiments"][0]
+    assert row["gpus"] == 2 and row["plan"]["data_parallel"] == 2
+    assert row["plan"]["batch_size"] * row["plan"]["grad_accum"] * 2 == 128
+    assert row["flops"] == 6 * row["total_params"] * row["tokens"]
+    assert row["estimated_wall_s"]["miso"] < row["estimated_wall_s"]["sphinx"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["show", "TRANSFORMER_SCALNG"], "unknown registry 'TRANSFORMER_SCALNG' (did you mean 'TRANSFORMER_SCALING'?)"),
+    (["show", "QUICKSTART", "--mfu", "0"], "--mfu must be in (0, 1]"),
+    (["show", "QUICKSTART", "--mfu", "abc"], "invalid float value: 'abc'"),
+    (["--registry-module", "no/such/file.py", "list"], "'no/such/file.py' does not exist"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["show"], "the following arguments are required: registry"),
+])
+def test_bad_input_is_one_line_on_stderr_and_exit_status_2(args, message):
+    result = cli(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_a_registry_with_a_typo_in_a_user_module_fails_cleanly(tmp_path):
+    module = tmp_path / "typo.py"
+    module.write_text("from experiments import gen_experim\nBROKEN = gen_experim(64, label='x', learnig_rate=1)\n")
+    result = cli("--registry-module", str(module), "show", "BROKEN")
+    assert result.returncode == 2
+    assert "unknown experiment field 'learnig_rate' (did you mean 'learning_rate'?)" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_user_profile_overrides_a_shipped_partition(isolated_environment):
+    profiles = isolated_environment / "config" / "profiles"
+    profiles.mkdir(parents=True)
+    (profiles / "sphinx.yaml").write_text("account: my_lab\ngpu_mem_gb: 40\n")
+    data = json.loads(cli("show", "TRANSFORMER_SCALING", "--json").stdout)
+    assert {row["plan"]["gpu_mem_gb"] for row in data["experiments"] if "error" not in row["plan"]} == {40}
+    (profiles / "sphinx.yaml").write_text("acount: my_lab\n")
+    result = cli("list")
+    assert result.returncode == 2 and "'acount'" in result.stderr and "did you mean 'account'" in result.stderr
+
+
+@pytest.mark.parametrize("verb", [["list"], ["show", "TRANSFORMER_SCALING"]])
+def test_list_and_show_import_no_heavy_module(verb):
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "orchestrator", *verb],
+                            capture_output=True, text=True)
+    assert result.returncode == 0
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in result.stderr.splitlines()}
+    assert not imported & {"torch", "pandas", "scipy", "matplotlib", "datasets", "numpy"}
