@@ -17,6 +17,11 @@ from orchestrator.errors import UsageError
 COMMANDS = {
     "list": "list the experiment registries with their sizes and compute",
     "show": "show every experiment of a registry with its plan and estimated cost",
+    "submit": "submit a registry's experiments as job arrays (slurm, or this machine)",
+    "status": "show the state of submitted experiments",
+    "cancel": "cancel queued or running experiments",
+    "retry": "resubmit failed, timed-out, cancelled or diverged experiments",
+    "analyze": "fit scaling laws to a study's results and draw the plots",
 }
 
 

@@ -26,3 +26,23 @@ def pytest_configure(config):
     except ImportError:
         return
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The project's single-host Slurm, started (idempotently) once per test run.
+
+    Needs root (apt-get, daemons). CI runs as root and must not skip: there a failure
+    to start is an error. Elsewhere, without root, the Slurm tests are skipped.
+    """
+    import os
+    import subprocess
+    from pathlib import Path
+
+    if os.geteuid() != 0 and os.environ.get("CI") != "true":
+        pytest.skip("the local Slurm cluster needs root (run the suite as root, as CI does)")
+    script = Path(__file__).resolve().parent.parent / "slurm_templates" / "local_cluster.sh"
+    result = subprocess.run(["bash", str(script), "start"], capture_output=True, text=True, timeout=600)
+    if result.returncode:
+        raise RuntimeError(f"local Slurm did not start:\n{result.stderr[-3000:]}")
+    return script

@@ -1,0 +1,176 @@
+"""Fit scaling laws to a study's results and draw the plots.
+
+REGISTRY|FOLDER is a results folder (any existing directory, e.g. results/transformer) or
+a registry name (then only that registry's runs are read). Prints the fitted law
+L(N, D) = E + A/N^alpha + B/D^beta with bootstrap intervals, the compute-optimal model
+size and token count at each --budget, the fit quality, and the other approaches that
+the study's design allows. Writes report.json and PNG plots to --out (default
+<folder>/analysis/, or <results>/analysis/<REGISTRY>/ for a registry).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from orchestrator.errors import UsageError
+
+MAX_LISTED = 15  # excluded runs listed by name; the rest are counted
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("target", metavar="REGISTRY|FOLDER", help="results folder or registry name")
+    parser.add_argument("--budget", nargs="+", action="extend", default=[], metavar="FLOPS",
+                        help="FLOP budgets for compute-optimal predictions, e.g. 1e21 1e22 "
+                             "(default: the study's largest, x10 and x100)")
+    parser.add_argument("--bootstrap", type=int, default=200, metavar="N",
+                        help="bootstrap resamples of the runs for the intervals (0: none; default 200)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    parser.add_argument("--params", choices=("total", "non_embedding"), default="total",
+                        help="which parameter count is N (default: total, as C = 6ND counts it)")
+    parser.add_argument("--include-incomplete", action="store_true",
+                        help="also fit runs that are still running, failed or stopped early")
+    parser.add_argument("--include-diverged", action="store_true", help="also fit diverged runs")
+    parser.add_argument("--out", metavar="DIR", help="where to write report.json and the plots")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def parse_budgets(values) -> list[float]:
+    budgets = []
+    for value in values:
+        try:
+            budget = float(value)
+        except ValueError:
+            budget = float("nan")
+        if not (math.isfinite(budget) and budget > 0):
+            raise UsageError(f"--budget must be a positive number of FLOPs such as 1e21, got {value!r}")
+        budgets.append(budget)
+    return budgets
+
+
+def resolve(target: str, extra_modules) -> tuple[list, Path, str]:
+    """(run paths, default output directory, description) for a folder or a registry."""
+    from analysis.loader import discover
+    from orchestrator.paths import RunPaths, results_root
+
+    folder = Path(target)
+    if folder.is_dir():
+        paths = discover(folder)
+        if not paths:
+            raise UsageError(f"no runs in {folder} (expected <label>.csv files with config_<label>.json)")
+        return paths, folder / "analysis", str(folder)
+    if "/" in target or target.startswith("."):
+        raise UsageError(f"no such results folder {target!r} (and a registry name has no '/')")
+    from orchestrator.registry import load_registry
+
+    specs = load_registry(target, extra_modules)  # raises UsageError for an unknown name
+    paths = [RunPaths.of(spec.folder_name, spec.label) for spec in specs]
+    return paths, results_root() / "analysis" / target, f"registry {target}"
+
+
+def run(args) -> int:
+    import json
+
+    budgets = parse_budgets(args.budget)
+    if args.bootstrap < 0:
+        raise UsageError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    paths, out_dir, described = resolve(args.target, args.registry_module)
+
+    from analysis.loader import load_runs
+    from analysis.report import analyze
+
+    study = load_runs(paths, include_incomplete=args.include_incomplete,
+                      include_diverged=args.include_diverged)
+    if study.runs.empty:
+        states = study.excluded["state"].value_counts().to_dict()
+        raise UsageError(
+            f"no usable runs in {described}: {len(study.excluded)} excluded "
+            f"({', '.join(f'{n} {s}' for s, n in states.items()) or 'none'}), "
+            f"{len(study.problems)} with problems (--include-incomplete uses unfinished runs)")
+    analysis = analyze(study, budgets=budgets or None, bootstrap=args.bootstrap, seed=args.seed,
+                       params=args.params)
+    files = analysis.write(Path(args.out) if args.out else out_dir)
+    if args.json:
+        print(json.dumps({**analysis.to_dict(), "files": [str(f) for f in files]}, indent=2))
+        return 0
+    render(analysis, files, described)
+    return 0
+
+
+def render(analysis, files, described) -> None:
+    from rich.table import Table
+
+    from orchestrator import fmt
+
+    console = fmt.console()
+    study = analysis.study
+    runs = study.runs
+    sources = ", ".join(f"{n} {s}" for s, n in runs["loss_source"].value_counts().items())
+    console.print(f"[bold]{described}[/]: {len(runs)} runs used (final loss: {sources}), "
+                  f"{len(study.excluded)} excluded, {len(study.problems)} with problems")
+    for row in study.excluded.head(MAX_LISTED).itertuples():
+        console.print(f"  [yellow]excluded[/] {row.run}: {row.reason}")
+    if len(study.excluded) > MAX_LISTED:
+        console.print(f"  ... and {len(study.excluded) - MAX_LISTED} more (see report.json)")
+    for row in study.problems.itertuples():
+        console.print(f"  [red]problem[/] {row.path}: {row.problem}")
+
+    law = analysis.law
+    if law is None:
+        console.print(f"[yellow]Approach 3 (L(N, D)) not fitted[/]: {analysis.law_reason}")
+    else:
+        level = f"{law.level:.0%} interval" + ("" if len(law.samples) else " (no bootstrap)")
+        table = Table(title="L(N, D) = E + A / N^alpha + B / D^beta  (Approach 3, Huber fit in log space)",
+                      caption=(f"{law.n_points} runs, residual RMS in log loss {law.rms_log_residual:.4f}, "
+                               f"objective {law.objective:.4g}, {law.n_converged}/{law.n_starts} starts "
+                               f"converged, {len(law.samples)} bootstrap resamples"),
+                      caption_justify="left")
+        for column in ("parameter", "estimate", level):
+            table.add_column(column, justify="left" if column == "parameter" else "right")
+        notes = {"a": "N_opt ∝ C^a", "b": "D_opt ∝ C^b", "G": "N_opt = G (C/6)^a"}
+        for name, p in law.parameters().items():
+            label = f"{name}  [dim]{notes[name]}[/]" if name in notes else name
+            table.add_row(label, f"{p['value']:.4g}", _interval(p["low"], p["high"]))
+        console.print(table)
+
+        table = Table(title="Compute-optimal allocation (C = 6ND)")
+        for column in ("budget C (FLOPs)", "N_opt (params)", "D_opt (tokens)", "tokens/param", "loss"):
+            table.add_column(column, justify="right")
+        for row in analysis.predictions.to_dict(orient="records"):
+            table.add_row(fmt.flops(row["C"]), *(
+                f"{fmt.count(row[k]) if k != 'loss_opt' else format(row[k], '.4f')} "
+                f"[dim]{_interval(row[k + '_low'], row[k + '_high'], k)}[/]"
+                for k in ("N_opt", "D_opt", "tokens_per_param", "loss_opt")))
+        console.print(table)
+
+    table = Table(title="Other approaches")
+    for column in ("approach", "result"):
+        table.add_column(column, overflow="fold")
+    for allocation in (analysis.approach1, analysis.approach2):
+        if allocation.reason:
+            table.add_row(allocation.method, f"[yellow]not applicable[/]: {allocation.reason}")
+        else:
+            table.add_row(allocation.method, f"N_opt ∝ C^{allocation.n_opt.exponent:.3f}, "
+                                             f"D_opt ∝ C^{allocation.d_opt.exponent:.3f} "
+                                             f"({len(allocation.points)} points)")
+    for fit in analysis.size_laws + [analysis.compute_law]:
+        if fit.reason:
+            table.add_row(fit.label, f"[yellow]not fitted[/]: {fit.reason}")
+        else:
+            x = fit.variable
+            table.add_row(fit.label, f"{fit.E:.4g} + {fit.A:.4g} / {x}^{fit.alpha:.3f} "
+                                     f"(RMS {fit.rms_log_residual:.4f}, {fit.n_points} points)")
+    console.print(table)
+    console.print("wrote " + ", ".join(str(f) for f in files))
+
+
+def _interval(low, high, kind="") -> str:
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "-"
+    if kind in ("N_opt", "D_opt", "tokens_per_param"):
+        from orchestrator import fmt
+
+        return f"[{fmt.count(low)}, {fmt.count(high)}]"
+    if kind == "loss_opt":
+        return f"[{low:.4f}, {high:.4f}]"
+    return f"[{low:.4g}, {high:.4g}]"

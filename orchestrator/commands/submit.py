@@ -1,0 +1,104 @@
+"""Submit a registry's experiments as job arrays, skipping what is done or already queued.
+
+Everything is decided first (--dry-run prints that plan and stops); then the spec JSON of
+every task is written, the submission is recorded, and each array is handed to sbatch.
+"""
+
+from __future__ import annotations
+
+import json
+
+from orchestrator import fmt, manifest
+from orchestrator.backends import BACKENDS, resolve_backend
+from orchestrator.registry import load_registry
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("registry", help="registry name, e.g. TRANSFORMER_SCALING")
+    add_submit_options(parser)
+    parser.add_argument("--force", action="store_true", help="rerun completed experiments from scratch "
+                        "(their old outputs are moved to <folder>/_archive/)")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="also resubmit failed, timed-out, cancelled, diverged and missing experiments")
+
+
+def add_submit_options(parser) -> None:
+    parser.add_argument("-n", type=int, default=None, metavar="N", help="submit at most N experiments")
+    parser.add_argument("--parallel", type=int, default=None, metavar="K",
+                        help="run at most K tasks of an array at once (the array's %%K)")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="auto: slurm when sbatch is on PATH, else local")
+    parser.add_argument("--max-requeues", type=int, default=3,
+                        help="requeues after preemption or time limit before a run counts as failed")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run(args) -> int:
+    from orchestrator.submission import Policy
+
+    specs = load_registry(args.registry, args.registry_module)
+    return submit_specs(args, args.registry, specs, Policy(force=args.force, retry_failed=args.retry_failed))
+
+
+def submit_specs(args, registry: str, specs, policy) -> int:
+    from orchestrator import submission
+
+    submission.check_options(args.n, args.parallel, args.max_requeues)
+    backend, why = resolve_backend(args.backend, {s.partition for s in specs})
+    with manifest.registry_lock(registry):
+        repaired = submission.repair_unrecorded(registry) if not args.dry_run else []
+        plan = submission.plan(registry, specs, backend, policy, limit=args.n, parallel=args.parallel,
+                               max_requeues=args.max_requeues)
+        done = None if args.dry_run or not plan.arrays else submission.execute(plan)
+    report(args, plan, done, repaired, why)
+    return 0
+
+
+def _sbatch_flags(plan, array) -> str:
+    from orchestrator.backends import sbatch_script
+    from orchestrator.profiles import get_profile
+
+    if plan.backend != "slurm":
+        return f"{plan.backend} backend, {array.parallel} at a time"
+    script = sbatch_script(get_profile(array.resources["partition"]), array.resources, array.parallel, "<name>",
+                           len(array.specs), plan.max_requeues)
+    skip = ("--output", "--error", "--open-mode", "--wckey", "--job-name")
+    return " ".join(line.split(maxsplit=1)[1] for line in script.splitlines()
+                    if line.startswith("#SBATCH") and not line.split()[1].startswith(skip))
+
+
+def report(args, plan, submission, repaired, why="") -> None:
+    counts = {action: plan.count(action) for action in ("submit", "completed", "active", "failed", "over limit")}
+    arrays = [{"job_id": record.job_id, "tasks": len(record.tasks), "resources": record.resources,
+               "parallel": record.parallel} for record in (submission.arrays if submission else [])]
+    if args.json:
+        print(json.dumps({"registry": plan.registry, "backend": plan.backend, "dry_run": args.dry_run,
+                          "counts": counts, "arrays": arrays or [
+                              {"tasks": len(a.specs), "resources": a.resources, "parallel": a.parallel,
+                               "sbatch": _sbatch_flags(plan, a)} for a in plan.arrays],
+                          "submission": submission.id if submission else None, "repaired": repaired}, indent=2))
+        return
+    console = fmt.console()
+    for line in repaired:
+        console.print(f"[yellow]repaired an interrupted submission[/yellow] {line}")
+    if args.dry_run:
+        from rich.table import Table
+
+        table = Table(title=f"{plan.registry}: plan ({plan.backend} backend, nothing submitted)")
+        for column in ("array", "tasks", "resources", "sbatch", "first labels"):
+            table.add_column(column)
+        for number, array in enumerate(plan.arrays):
+            labels = ", ".join(s.label for s in array.specs[:3]) + (" ..." if len(array.specs) > 3 else "")
+            table.add_row(str(number), str(len(array.specs)), array.signature, _sbatch_flags(plan, array), labels)
+        console.print(table)
+    verb = "would submit" if args.dry_run else "submitted"
+    jobs = ", ".join(f"{a['job_id']} ({a['tasks']} tasks)" for a in arrays)
+    console.print(f"{plan.registry}: {verb} {counts['submit']} experiments in {len(plan.arrays)} arrays"
+                  + (f" [{jobs}]" if jobs else "") + f" on the {plan.backend} backend ({why})")
+    skipped = [f"{counts[k]} {k}" for k in ("completed", "active", "over limit") if counts[k]]
+    if skipped:
+        console.print("skipped: " + ", ".join(skipped).replace("active", "already queued or running"))
+    if counts["failed"]:
+        console.print(f"[yellow]{counts['failed']} failed, timed-out, cancelled or diverged experiments were not "
+                      f"resubmitted: use --retry-failed (or `retry {plan.registry}`)[/yellow]")

@@ -1,0 +1,159 @@
+"""Submission records: what was submitted, when, as which job, for which experiment.
+
+One JSON file per ``submit`` call, next to the results so any later shell (or another
+machine on the shared filesystem) can read it:
+
+    <results>/_submissions/<REGISTRY>/<submission id>.json
+    <results>/_submissions/<REGISTRY>.lock      held while a submit of REGISTRY runs
+
+A record is written with ``state: "submitting"`` before sbatch is called and rewritten
+with the job ids (``"submitted"``) right after. A record left in "submitting" means the
+process died in between: the next call looks the jobs up by their unique name and
+repairs the record, or marks it "abandoned" when sbatch never ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import fcntl
+import json
+import os
+import secrets
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from orchestrator.paths import atomic_write_json, results_root
+
+
+@dataclasses.dataclass
+class TaskRecord:
+    index: int          # array index
+    identity: str
+    label: str
+    folder_name: str
+    spec_path: str
+    job_id: str | None = None  # the scheduler's id of this task ("<array>_<index>", or "<id>" alone)
+
+
+@dataclasses.dataclass
+class ArrayRecord:
+    name: str                  # unique Slurm job name, used to find the job if unrecorded
+    backend: str
+    resources: dict
+    parallel: int
+    log_folder: str            # submitit's folder for this array (pickles, stdout/stderr)
+    tasks: list[TaskRecord]
+    job_id: str | None = None  # the array's id (slurm) or the runner's pid (local)
+
+    def task_job_id(self, task: TaskRecord) -> str:
+        return task.job_id or f"{self.job_id}_{task.index}"
+
+
+@dataclasses.dataclass
+class Submission:
+    id: str
+    registry: str
+    created: str
+    command: str
+    git_commit: str | None
+    git_dirty: bool | None
+    arrays: list[ArrayRecord]
+    state: str = "submitting"  # -> submitted | abandoned
+
+    @property
+    def path(self) -> Path:
+        return submissions_dir(self.registry) / f"{self.id}.json"
+
+    def save(self) -> None:
+        atomic_write_json(self.path, dataclasses.asdict(self))
+
+    @classmethod
+    def load(cls, path: Path) -> Submission:
+        data = json.loads(Path(path).read_text())
+        arrays = [ArrayRecord(**{**a, "tasks": [TaskRecord(**t) for t in a["tasks"]]}) for a in data.pop("arrays")]
+        return cls(**data, arrays=arrays)
+
+
+def submissions_dir(registry: str | None = None) -> Path:
+    base = results_root() / "_submissions"
+    return base / registry if registry else base
+
+
+def new_submission(registry: str, arrays: list[ArrayRecord]) -> Submission:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    commit, dirty = git_state()
+    return Submission(
+        id=f"{now:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}", registry=registry, created=now.isoformat(),
+        command=shlex.join([Path(sys.executable).name, "-m", "orchestrator", *sys.argv[1:]]),
+        git_commit=commit, git_dirty=dirty, arrays=arrays)
+
+
+def load_submissions(registry: str | None = None) -> list[Submission]:
+    """Records of one registry (or of all), oldest first."""
+    base = submissions_dir()
+    pattern = f"{registry}/*.json" if registry else "*/*.json"
+    return [Submission.load(p) for p in sorted(base.glob(pattern), key=lambda p: p.name)] if base.is_dir() else []
+
+
+def latest_tasks(submissions: list[Submission]) -> dict[str, tuple[Submission, ArrayRecord, TaskRecord]]:
+    """identity -> its most recent submitted task (abandoned records hold no jobs)."""
+    latest = {}
+    for submission in submissions:
+        if submission.state != "submitted":
+            continue
+        for array in submission.arrays:
+            for task in array.tasks:
+                latest[task.identity] = (submission, array, task)
+    return latest
+
+
+@contextlib.contextmanager
+def registry_lock(registry: str) -> Iterator[None]:
+    """Exclusive while held: two submits of one registry never plan from the same state."""
+    path = submissions_dir() / f"{registry}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another submit of {registry} to finish ...", file=sys.stderr)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def git_state() -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the code being submitted, or (None, None) outside a git checkout."""
+    where = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
+                                timeout=10)
+        if commit.returncode:
+            return None, None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True, timeout=10)
+        return commit.stdout.strip(), bool(dirty.stdout.strip())
+    except (OSError, subprocess.TimeoutExpired):
+        return None, None
+
+
+def pid_alive(pid: str | None) -> bool:
+    if not pid or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True

@@ -1,0 +1,50 @@
+"""The selector grammar shared by status, cancel and retry.
+
+    REGISTRY      every experiment of a registry            TRANSFORMER_SCALING
+    JOBID         the experiments of a job array or task    1234, 1234_7
+    LABEL-GLOB    experiments whose label (or folder/label) matches, in submitted registries
+    (nothing)     every registry that has been submitted
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+
+from orchestrator import manifest
+from orchestrator.errors import UsageError
+from orchestrator.registry import all_registries, check_duplicates
+from orchestrator.spec import ExperimentSpec
+
+JOB_ID = re.compile(r"^\d+(_\d+)?$")
+
+
+def select(selector: str | None, extra_modules=()) -> dict[str, list[ExperimentSpec]]:
+    """registry name -> the selected experiments of that registry, in registry order."""
+    registries = all_registries(extra_modules)
+    if selector in registries:
+        check_duplicates(selector, registries[selector])
+        return {selector: registries[selector]}
+    submissions = manifest.load_submissions()
+    submitted = sorted({s.registry for s in submissions if s.registry in registries})
+    if selector is None:
+        return {name: registries[name] for name in submitted}
+    if JOB_ID.match(selector):
+        wanted: dict[str, set[str]] = {}
+        array_id, _, index = selector.partition("_")
+        for submission in submissions:
+            for array in submission.arrays:
+                if array.job_id == array_id:
+                    wanted.setdefault(submission.registry, set()).update(
+                        t.identity for t in array.tasks if not index or str(t.index) == index)
+        chosen = {name: [s for s in registries[name] if s.identity in ids]
+                  for name, ids in wanted.items() if name in registries}
+    else:
+        chosen = {name: [s for s in registries[name]
+                         if fnmatch.fnmatchcase(s.label, selector) or fnmatch.fnmatchcase(s.run_name, selector)]
+                  for name in submitted}
+    chosen = {name: specs for name, specs in chosen.items() if specs}
+    if not chosen:
+        raise UsageError(f"{selector!r} is not a registry, a submitted job id, or a label pattern matching a "
+                         f"submitted experiment; registries: {', '.join(sorted(registries))}")
+    return chosen

@@ -1,0 +1,145 @@
+"""What a submitted job runs: a spec JSON path in, a trained run directory out.
+
+``TrainTask`` is the callable submitit pickles. It takes only the path of the spec JSON,
+so a job never depends on a pickled copy of the code's objects, and a run directory can
+be re-run by hand with ``python -m workloads.run <run dir>/spec.json``.
+
+Preemption and time limits (SIGUSR2 from Slurm): the trainer finishes its optimizer
+step, saves a checkpoint and raises ``RunInterrupted``; only then is submitit's own
+handler called, which calls ``checkpoint()`` below and requeues the job. The requeued
+job starts the same task, and the trainer resumes from its checkpoint.
+
+``run_local_array`` is the local backend's job: it runs an array's tasks on this
+machine, a few at a time, each in its own process (DDP ranks for multi-GPU specs).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import submitit
+
+from orchestrator.paths import RunPaths, atomic_write_json, read_status
+from orchestrator.spec import load_spec
+
+DEFAULT_MAX_REQUEUES = 3
+EXIT_REQUEUE = 75  # the trainer's "stopped with a checkpoint, run me again"
+
+
+class TrainTask(submitit.helpers.Checkpointable):
+    def __init__(self, max_requeues: int = DEFAULT_MAX_REQUEUES):
+        self.max_requeues = max_requeues
+
+    def __call__(self, spec_path: str) -> str:
+        from workloads.interrupt import RunInterrupted
+        from workloads.run import run
+
+        env = submitit.JobEnvironment()
+        if env.num_tasks > 1:  # one task per GPU: torch.distributed from SLURM's variables
+            submitit.helpers.TorchDistributedEnvironment().export(overwrite=True)
+        submitit_handler = signal.getsignal(signal.SIGUSR2)
+        try:
+            run(spec_path)
+        except RunInterrupted as stop:
+            if stop.signum == signal.SIGUSR2 and callable(submitit_handler):
+                submitit_handler(signal.SIGUSR2, None)  # checkpoint() then requeue and exit
+            raise
+        return spec_path
+
+    def checkpoint(self, spec_path: str):
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+        if restarts >= self.max_requeues:
+            print(f"not requeued: already requeued {restarts} times (max {self.max_requeues})", file=sys.stderr)
+            return None
+        return submitit.helpers.DelayedSubmission(self, spec_path)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start(spec_path: str, threads: int) -> list[subprocess.Popen]:
+    """The rank processes of one task, with torch.distributed's env:// variables when > 1."""
+    spec = load_spec(spec_path)
+    paths = RunPaths(Path(spec_path).parent.parent, spec.label)
+    paths.log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    world = spec.gpus if spec.gpus > 1 else 1
+    port = str(_free_port())
+    processes = []
+    for rank in range(world):
+        rank_env = dict(env)
+        if world > 1:
+            rank_env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                            LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        log = open(paths.log_dir / (f"rank{rank}.log" if world > 1 else "train.log"), "ab")
+        processes.append(subprocess.Popen([sys.executable, "-m", "workloads.run", spec_path], env=rank_env,
+                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        log.close()
+    return processes
+
+
+def _mark(spec_path: str, state: str, error: str) -> None:
+    """Record how a task ended when its trainer could not (killed, cancelled before it started)."""
+    spec = load_spec(spec_path)
+    paths = RunPaths(Path(spec_path).parent.parent, spec.label)
+    status = read_status(paths) or {}
+    if status.get("state") in ("completed", "diverged", "failed"):
+        return
+    atomic_write_json(paths.status_json, {**status, "state": state, "identity": spec.identity, "error": error})
+
+
+def run_local_array(spec_paths: list[str], parallel: int, max_requeues: int = DEFAULT_MAX_REQUEUES) -> dict:
+    """Run every task, at most ``parallel`` CPU-processes at once; returns exit codes by spec path."""
+    waiting = list(spec_paths)
+    running: dict[str, list[subprocess.Popen]] = {}
+    requeues = {path: 0 for path in spec_paths}
+    codes: dict[str, int] = {}
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: stopping.append(signum))
+    threads = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1) // max(1, parallel))
+    try:
+        while (waiting or running) and not stopping:
+            busy = sum(len(p) for p in running.values())
+            while waiting and busy < parallel:
+                path = waiting.pop(0)
+                running[path] = _start(path, threads)
+                busy += len(running[path])
+            time.sleep(0.2)
+            for path, processes in list(running.items()):
+                if any(p.poll() is None for p in processes):
+                    continue
+                del running[path]
+                code = max((p.returncode for p in processes), key=abs)
+                if code == EXIT_REQUEUE and requeues[path] < max_requeues:
+                    requeues[path] += 1
+                    waiting.insert(0, path)
+                    continue
+                codes[path] = code
+                if code:
+                    how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+                    _mark(path, "failed", f"trainer ended with {how}")
+    finally:
+        for processes in running.values():  # cancelled: let trainers checkpoint, then stop
+            for process in processes:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
+        for path, processes in running.items():
+            for process in processes:
+                try:
+                    process.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+            _mark(path, "cancelled", "cancelled while running")
+        for path in waiting:
+            _mark(path, "cancelled", "cancelled before it started")
+    return codes
