@@ -21,6 +21,7 @@ COMMANDS = {
     "status": "show the state of submitted experiments",
     "cancel": "cancel queued or running experiments",
     "retry": "resubmit failed, timed-out, cancelled or diverged experiments",
+    "sync": "pull a cluster's results home with rsync",
     "analyze": "fit scaling laws to a study's results and draw the plots",
 }
 

@@ -3,6 +3,7 @@
 Everything lives in one directory, ``$ORCHESTRATOR_CONFIG_DIR`` or ``~/.config/orchestrator``:
 
     config.yaml           registry_modules: [my_lab.experiments, ~/studies/grid.py]
+                          sync_remote: me@cluster.example.org:scaling/results/
     profiles/<name>.yaml  partition profiles: override keys of a shipped one, or add a new one
 
 A missing directory or file means "no overrides". Unknown keys are errors, not ignored.
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from orchestrator.errors import UsageError, unknown
 
-CONFIG_KEYS = ("registry_modules",)
+CONFIG_KEYS = ("registry_modules", "sync_remote")
 
 
 def config_dir() -> Path:

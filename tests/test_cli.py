@@ -76,8 +76,9 @@ def test_a_user_profile_overrides_a_shipped_partition(isolated_environment):
     assert result.returncode == 2 and "'acount'" in result.stderr and "did you mean 'account'" in result.stderr
 
 
-@pytest.mark.parametrize("verb", [["list"], ["show", "TRANSFORMER_SCALING"]])
-def test_list_and_show_import_no_heavy_module(verb):
+@pytest.mark.parametrize("verb", [["list"], ["show", "TRANSFORMER_SCALING"], ["status"],
+                                  ["submit", "QUICKSTART", "--dry-run", "--backend", "local"]])
+def test_the_cli_imports_no_heavy_module(verb):
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", "orchestrator", *verb],
                             capture_output=True, text=True)
     assert result.returncode == 0

@@ -22,7 +22,8 @@ REGISTRIES = textwrap.dedent("""
     TINY = dict(partition="local", seq_length=32, target_effective_batch_size=8, eval_batches=2)
     LOCAL4 = [s for i in range(4)
               for s in gen_experim(16, label=f"tiny_{i}", folder_name="local4", train_tokens=2048 * (i + 1), **TINY)]
-    LOCAL_SLOW = gen_experim(32, label="slow", folder_name="slow", train_tokens=2_000_000, **TINY)
+    # minutes of training: it is cancelled long before it could finish
+    LOCAL_SLOW = gen_experim(32, label="slow", folder_name="slow", train_tokens=50_000_000, **TINY)
 """)
 
 

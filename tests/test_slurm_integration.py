@@ -21,15 +21,15 @@ REGISTRIES = textwrap.dedent("""
     from experiments import gen_experim
 
     TINY = dict(seq_length=32, target_effective_batch_size=8, time_min=10, mem_gb=2, cpus_per_gpu=1,
-                eval_batches=2, log_interval_steps=1)
+                eval_batches=2)
 
     SLURM20 = [s for i in range(20)
                for s in gen_experim(16, label=f"tiny_{i:02d}", folder_name="twenty", train_tokens=1024 * (i + 1),
                                     seed=i, **TINY)]
-    # long enough (~20-40 s) to be caught running
+    # 6,250 steps: long enough (~20-60 s) to be caught running
     SLURM_LONG = [s for i in range(2)
-                  for s in gen_experim(32, label=f"long_{i}", folder_name="long", train_tokens=160_000, seed=i,
-                                       checkpoint_interval_steps=50, **TINY)]
+                  for s in gen_experim(32, label=f"long_{i}", folder_name="long", train_tokens=1_600_000, seed=i,
+                                       checkpoint_interval_steps=500, log_interval_steps=10, **TINY)]
     SLURM_RAISES = gen_experim(16, label="no_data", folder_name="bad", dataset="/nonexistent/corpus", **TINY)
     SLURM_DDP = gen_experim(16, label="ddp", folder_name="ddp", gpus=2, train_tokens=8192, **TINY)
     SLURM_MISO = gen_experim(16, label="on_miso", folder_name="miso", partition="miso", train_tokens=2048, **TINY)
@@ -132,7 +132,7 @@ def test_cancel_then_retry_failed_resubmits_exactly_those(study):
     rows = wait_for(study, "SLURM_LONG", all_in("completed"), timeout_s=300, what="retried runs to complete")
     for label in rows:
         steps = csv_steps(results_dir() / "long" / f"{label}.csv")
-        assert steps == sorted(set(steps)) and steps[-1] == 625
+        assert steps == sorted(set(steps)) and steps[-1] == 6250
 
 
 def test_a_task_that_raises_is_failed_with_its_error(study):
@@ -171,7 +171,8 @@ def test_preemption_checkpoints_requeues_and_resumes_with_every_step_once(study)
     status = json.loads((results_dir() / "long" / "long_0" / "status.json").read_text())
     assert status["state"] == "completed"
     steps = csv_steps(results_dir() / "long" / "long_0.csv")
-    assert steps == sorted(set(steps)) and steps[0] == 1 and steps[-1] == 625 and len(steps) == 625
+    assert steps == sorted(set(steps)) and steps[0] == 1 and steps[-1] == 6250
+    assert set(range(10, 6251, 10)) <= set(steps)  # every logged step, exactly once
     assert rows["long_0"]["job_id"] == job
 
 

@@ -1,0 +1,376 @@
+"""Approach 3 of Hoffmann et al. (2022): fit L(N, D) = E + A / N^alpha + B / D^beta.
+
+Fitted as in the paper: the Huber loss (delta = 1e-3) of the residual between log L and
+LSE(a - alpha log N, b - beta log D, e), with A = e^a, B = e^b, E = e^e, minimised by
+L-BFGS from every point of the paper's grid of initialisations; the best objective wins.
+Fitting in log space with a robust loss keeps a few noisy or under-trained runs from
+pulling the exponents.
+
+The same objective with one power term fits the simpler laws L(N) = E + A / N^alpha and
+L(C) (see ``approaches.py``). Parameter vectors are laid out ``[e, a_1..a_K, alpha_1..alpha_K]``.
+
+Uncertainty comes from a bootstrap over runs. Each resample restarts from the full-data
+optimum and the next few best distinct local optima of the grid (not the whole grid):
+resamples stay near the full-data fit, and 200 resamples then cost a fraction of one
+grid fit. All resamples are one batched minimisation with per-resample point weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+
+from analysis.lbfgs import minimize_batch
+
+HUBER_DELTA = 1e-3
+PARAMETERS = ("E", "A", "B", "alpha", "beta")
+# the paper's grid of initialisations
+GRID_EXPONENTS = np.arange(0.0, 2.01, 0.5)
+GRID_E = np.arange(-1.0, 1.01, 0.5)
+GRID_LOG_COEFFICIENTS = np.arange(0.0, 25.1, 5.0)
+# scipy's L-BFGS-B stopping rule, with tighter tolerances than its defaults: the objective
+# is small (a sum of ~delta * |residual|) and the default ftol (2.2e-9, absolute when the
+# objective is below 1) stops while the parameters are still moving.
+FTOL = 1e-12
+GTOL = 1e-9
+
+
+def paper_grid(n_terms: int = 2) -> np.ndarray:
+    """The paper's initialisations as rows ``[e, a_1..a_K, alpha_1..alpha_K]``.
+
+    For two terms: 5 e x 6 a x 6 b x 5 alpha x 5 beta = 4,500 starts.
+    """
+    axes = [GRID_E] + [GRID_LOG_COEFFICIENTS] * n_terms + [GRID_EXPONENTS] * n_terms
+    return np.array(list(itertools.product(*axes)), dtype=float)
+
+
+class HuberLSE:
+    """The objective and its gradient for a batch of parameter rows.
+
+    ``logx`` (K, P): log covariates (log N, log D); ``logy`` (P,): log losses; ``weights``
+    None or (R, P): point weights of problem r (bootstrap counts). ``obj(theta, rows)``
+    returns f (S,) = sum_p w Huber(LSE - log L) and its gradient (S, 1+2K) for
+    parameter rows ``theta`` (S, 1+2K) of problems ``rows``.
+
+    A study has a handful of model sizes and token budgets, so the power terms are
+    exponentiated once per distinct value and spread to the points (points are kept
+    sorted by the first covariate, so that spread is a cheap repeat). Rows are processed
+    in chunks that fit in cache. The log-sum-exp needs no max shift: the terms are log
+    losses, far from overflow at any sensible point (an overflowing trial step gives
+    inf and the line search rejects it).
+    """
+
+    def __init__(self, logx, logy, weights=None, delta=HUBER_DELTA):
+        logx = np.atleast_2d(np.asarray(logx, float))
+        order = np.argsort(logx[0], kind="stable")
+        self.logx, self.logy = logx[:, order], np.asarray(logy, float)[order]
+        self.weights = None if weights is None else np.asarray(weights, float)[:, order]
+        self.delta = delta
+        self.levels, self.index = zip(*(np.unique(x, return_inverse=True) for x in self.logx))
+        self.first_counts = np.bincount(self.index[0])
+        self.chunk = max(16, 2**16 // self.logx.shape[1])
+
+    def __call__(self, theta, rows=None):
+        theta = np.asarray(theta, float)
+        n_terms = self.logx.shape[0]
+        f = np.empty(theta.shape[0])
+        g = np.empty_like(theta)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            for lo in range(0, theta.shape[0], self.chunk):
+                th = theta[lo:lo + self.chunk]
+                exp_e = np.exp(th[:, 0])
+                terms = []
+                for k in range(n_terms):
+                    at_levels = np.exp(th[:, 1 + k, None] - th[:, 1 + n_terms + k, None] * self.levels[k])
+                    terms.append(np.repeat(at_levels, self.first_counts, axis=1) if k == 0
+                                 else at_levels[:, self.index[k]])
+                total = terms[0] + exp_e[:, None]
+                for z in terms[1:]:
+                    total += z
+                r = np.log(total)
+                r -= self.logy
+                clipped = np.clip(r, -self.delta, self.delta)  # Huber'(r)
+                if self.weights is None:  # Huber(r) = clipped * (r - clipped / 2)
+                    f[lo:lo + self.chunk] = (np.einsum("sp,sp->s", clipped, r)
+                                             - 0.5 * np.einsum("sp,sp->s", clipped, clipped))
+                else:
+                    r -= 0.5 * clipped
+                    clipped *= self.weights[rows[lo:lo + self.chunk]]
+                    f[lo:lo + self.chunk] = np.einsum("sp,sp->s", clipped, r)
+                clipped /= total
+                g[lo:lo + self.chunk, 0] = exp_e * clipped.sum(axis=1)
+                for k, z in enumerate(terms):
+                    z *= clipped
+                    g[lo:lo + self.chunk, 1 + k] = z.sum(axis=1)
+                    g[lo:lo + self.chunk, 1 + n_terms + k] = -(z @ self.logx[k])
+        return f, g
+
+
+def huber_lse(theta, logx, logy, weights=None, delta=HUBER_DELTA):
+    """``HuberLSE`` for one call; ``weights`` (S, P) go with the rows of ``theta``."""
+    theta = np.atleast_2d(theta)
+    return HuberLSE(logx, logy, weights, delta)(theta, np.arange(theta.shape[0]))
+
+
+def predict_log(theta, logx):
+    """log of E + sum_k A_k / x_k^alpha_k for one parameter row."""
+    logx = np.atleast_2d(logx)
+    n_terms = logx.shape[0]
+    terms = [np.full(logx.shape[1], theta[0])]
+    terms += [theta[1 + k] - theta[1 + n_terms + k] * logx[k] for k in range(n_terms)]
+    return np.logaddexp.reduce(np.array(terms), axis=0)
+
+
+@dataclasses.dataclass
+class GridFit:
+    """The best of a batched grid minimisation, with the other basins it found."""
+    theta: np.ndarray  # best row [e, a.., alpha..]
+    objective: float
+    n_starts: int
+    n_converged: int
+    local_optima: np.ndarray  # best distinct endpoints, best first (for bootstrap restarts)
+
+
+def minimize_grid(logx, logy, starts, *, delta=HUBER_DELTA, ftol=FTOL, gtol=GTOL,
+                  n_optima=5) -> GridFit:
+    """Run L-BFGS from every start at once and keep the best endpoint."""
+    result = minimize_batch(HuberLSE(logx, logy, delta=delta), starts, ftol=ftol, gtol=gtol)
+    fun = np.where(np.isfinite(result.fun), result.fun, np.inf)
+    order = np.argsort(fun, kind="stable")
+    optima = []
+    for i in order:
+        if not np.isfinite(fun[i]) or len(optima) == n_optima:
+            break
+        if all(np.abs(result.x[i] - result.x[j]).max() > 1e-3 for j in optima):
+            optima.append(i)
+    best = order[0]
+    return GridFit(theta=result.x[best], objective=float(fun[best]), n_starts=len(starts),
+                   n_converged=int(result.converged.sum()), local_optima=result.x[optima])
+
+
+def scipy_reference(logx, logy, starts, *, delta=HUBER_DELTA, ftol=FTOL, gtol=GTOL):
+    """The plain per-start loop: scipy L-BFGS-B from each start, best objective wins.
+
+    Kept as the reference that the batched minimiser is tested and benchmarked against,
+    with the same stopping rule and tolerances and a plain one-start objective (what a
+    straightforward implementation writes). Returns (theta, objective).
+    """
+    from scipy.optimize import minimize
+
+    logx = np.atleast_2d(np.asarray(logx, float))
+    n_terms = logx.shape[0]
+
+    def one(theta):
+        terms = np.vstack([np.full(logx.shape[1], theta[0]),
+                           theta[1:1 + n_terms, None] - theta[1 + n_terms:, None] * logx])
+        shift = terms.max(axis=0)
+        weights = np.exp(terms - shift)
+        total = weights.sum(axis=0)
+        r = shift + np.log(total) - logy
+        clipped = np.clip(r, -delta, delta)
+        f = np.sum(clipped * (r - 0.5 * clipped))
+        dterms = weights * (clipped / total)  # d f / d term_k, per point
+        grad = np.concatenate([[dterms[0].sum()], dterms[1:].sum(axis=1),
+                               -(dterms[1:] * logx).sum(axis=1)])
+        return f, grad
+
+    best = None
+    for start in starts:
+        res = minimize(one, start, jac=True, method="L-BFGS-B",
+                       options={"ftol": ftol, "gtol": gtol, "maxiter": 1000})
+        if np.isfinite(res.fun) and (best is None or res.fun < best.fun):
+            best = res
+    return best.x, float(best.fun)
+
+
+# ----------------------------------------------------------------- the law itself
+@dataclasses.dataclass(frozen=True)
+class ChinchillaLaw:
+    """L(N, D) = E + A / N^alpha + B / D^beta and the compute-optimal allocation it implies."""
+    E: float
+    A: float
+    B: float
+    alpha: float
+    beta: float
+
+    @classmethod
+    def from_theta(cls, theta) -> ChinchillaLaw:
+        e, a, b, alpha, beta = (float(v) for v in theta)
+        return cls(E=np.exp(e), A=np.exp(a), B=np.exp(b), alpha=alpha, beta=beta)
+
+    def loss(self, N, D):
+        return self.E + self.A / np.asarray(N, float) ** self.alpha + self.B / np.asarray(D, float) ** self.beta
+
+    # With C = 6 N D, minimising L at fixed C gives N_opt = G (C/6)^a, D_opt = G^-1 (C/6)^b.
+    @property
+    def a(self) -> float:
+        return self.beta / (self.alpha + self.beta)
+
+    @property
+    def b(self) -> float:
+        return self.alpha / (self.alpha + self.beta)
+
+    @property
+    def G(self) -> float:
+        return (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / (self.alpha + self.beta))
+
+    def n_opt(self, C):
+        return self.G * (np.asarray(C, float) / 6.0) ** self.a
+
+    def d_opt(self, C):
+        return (np.asarray(C, float) / 6.0) ** self.b / self.G
+
+    def tokens_per_param(self, C):
+        return self.d_opt(C) / self.n_opt(C)
+
+    def loss_opt(self, C):
+        return self.loss(self.n_opt(C), self.d_opt(C))
+
+
+def allocation_arrays(samples: np.ndarray, budgets) -> dict[str, np.ndarray]:
+    """Derived quantities for many parameter rows (E, A, B, alpha, beta) at once.
+
+    Returns a, b, G (R,) and N_opt, D_opt, tokens_per_param, loss_opt (R, len(budgets)).
+    """
+    E, A, B, alpha, beta = samples.T
+    C = np.asarray(budgets, float)[None, :] / 6.0
+    a = beta / (alpha + beta)
+    b = alpha / (alpha + beta)
+    with np.errstate(all="ignore"):
+        G = (alpha * A / (beta * B)) ** (1.0 / (alpha + beta))
+        n_opt = G[:, None] * C ** a[:, None]
+        d_opt = C ** b[:, None] / G[:, None]
+        loss = E[:, None] + A[:, None] / n_opt ** alpha[:, None] + B[:, None] / d_opt ** beta[:, None]
+    return {"a": a, "b": b, "G": G, "N_opt": n_opt, "D_opt": d_opt,
+            "tokens_per_param": d_opt / n_opt, "loss_opt": loss}
+
+
+# ----------------------------------------------------------------- fit + bootstrap
+@dataclasses.dataclass
+class ScalingLawFit:
+    """What ``fit_scaling_law`` returns: the fitted law, its bootstrap, and fit quality."""
+    law: ChinchillaLaw
+    objective: float
+    rms_log_residual: float  # sqrt(mean((log L_fit - log L)^2)) over the points used
+    n_points: int
+    n_starts: int
+    n_converged: int
+    samples: np.ndarray  # (R, 5) bootstrap parameters E, A, B, alpha, beta
+    level: float = 0.95
+    settings: dict = dataclasses.field(default_factory=dict)
+    data: object = None  # the N, D, loss table used (a DataFrame)
+
+    def interval(self, values) -> tuple[float, float]:
+        """Percentile interval of bootstrap values at ``level`` (NaN without a bootstrap)."""
+        values = np.asarray(values, float)
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            return (float("nan"), float("nan"))
+        tail = 50.0 * (1.0 - self.level)
+        lo, hi = np.percentile(values, [tail, 100.0 - tail])
+        return (float(lo), float(hi))
+
+    def parameters(self) -> dict[str, dict[str, float]]:
+        """Every parameter and allocation exponent with its interval."""
+        derived = allocation_arrays(self.samples, []) if len(self.samples) else {}
+        out = {}
+        for i, name in enumerate(PARAMETERS):
+            lo, hi = self.interval(self.samples[:, i]) if len(self.samples) else (np.nan, np.nan)
+            out[name] = {"value": float(getattr(self.law, name)), "low": lo, "high": hi}
+        for name in ("a", "b", "G"):
+            lo, hi = self.interval(derived[name]) if derived else (np.nan, np.nan)
+            out[name] = {"value": float(getattr(self.law, name)), "low": lo, "high": hi}
+        return out
+
+    def predict(self, budgets):
+        """Compute-optimal N, D, tokens per parameter and loss at each budget C (FLOPs)."""
+        import pandas as pd
+
+        budgets = np.asarray(budgets, float)
+        point = allocation_arrays(np.array([[getattr(self.law, p) for p in PARAMETERS]]), budgets)
+        boot = allocation_arrays(self.samples, budgets) if len(self.samples) else None
+        rows = []
+        for j, C in enumerate(budgets):
+            row = {"C": float(C)}
+            for name in ("N_opt", "D_opt", "tokens_per_param", "loss_opt"):
+                row[name] = float(point[name][0, j])
+                lo, hi = self.interval(boot[name][:, j]) if boot else (np.nan, np.nan)
+                row[f"{name}_low"], row[f"{name}_high"] = lo, hi
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+
+def check_design(N, D) -> str | None:
+    """Why N and D cannot identify L(N, D), or None when they can.
+
+    With a fixed tokens-per-parameter ratio, log N and log D move together and the
+    exponents trade off freely; with a single N or a single D a term is a constant.
+    """
+    logN, logD = np.log(np.asarray(N, float)), np.log(np.asarray(D, float))
+    if len(logN) < 2 * len(PARAMETERS):
+        return f"only {len(logN)} runs; Approach 3 needs at least {2 * len(PARAMETERS)}"
+    if np.unique(np.round(logN, 6)).size < 3:
+        return "fewer than 3 distinct model sizes"
+    if np.unique(np.round(logD, 3)).size < 3:
+        return "fewer than 3 distinct token counts (one token budget: see the L(N) fit)"
+    if abs(np.corrcoef(logN, logD)[0, 1]) > 0.99:
+        return ("model size and token count move together (a fixed tokens-per-parameter ratio): "
+                "N and D cannot be separated; see L(N) and L(C)")
+    return None
+
+
+def fit_scaling_law(df, *, n_col="N", d_col="D", loss_col="loss", bootstrap=200, seed=0,
+                    level=0.95, grid=None, delta=HUBER_DELTA) -> ScalingLawFit:
+    """Fit Approach 3 to a table with N, D and loss columns (one row per run).
+
+    ``bootstrap`` resamples of the runs give the intervals (0 skips them); ``seed``
+    makes them reproducible. Raises ValueError when the design cannot identify the law.
+    """
+    N = np.asarray(df[n_col], float)
+    D = np.asarray(df[d_col], float)
+    loss = np.asarray(df[loss_col], float)
+    ok = np.isfinite(N) & np.isfinite(D) & np.isfinite(loss) & (N > 0) & (D > 0) & (loss > 0)
+    N, D, loss = N[ok], D[ok], loss[ok]
+    reason = check_design(N, D)
+    if reason:
+        raise ValueError(f"cannot fit L(N, D): {reason}")
+    logx, logy = np.log(np.stack([N, D])), np.log(loss)
+    starts = paper_grid(2) if grid is None else np.asarray(grid, float)
+    best = minimize_grid(logx, logy, starts, delta=delta)
+    rms = float(np.sqrt(np.mean((predict_log(best.theta, logx) - logy) ** 2)))
+    samples = bootstrap_samples(logx, logy, best.local_optima, bootstrap, seed, delta)
+    import pandas as pd
+
+    return ScalingLawFit(
+        law=ChinchillaLaw.from_theta(best.theta), objective=best.objective, rms_log_residual=rms,
+        n_points=int(N.size), n_starts=best.n_starts, n_converged=best.n_converged,
+        samples=samples, level=level,
+        settings={"huber_delta": delta, "n_starts": best.n_starts, "grid": "paper" if grid is None else "custom",
+                  "ftol": FTOL, "gtol": GTOL, "bootstrap": int(bootstrap), "seed": int(seed),
+                  "level": level, "optimizer": "batched L-BFGS (analysis.lbfgs)"},
+        data=pd.DataFrame({"N": N, "D": D, "loss": loss}))
+
+
+def bootstrap_samples(logx, logy, restarts, n_resamples, seed, delta=HUBER_DELTA) -> np.ndarray:
+    """Parameters (E, A, B, alpha, beta) fitted to ``n_resamples`` resamples of the points.
+
+    Resampling runs with replacement is a weight (the count) on each point, so all
+    resamples x restarts are one batched minimisation; each resample keeps its best.
+    """
+    if n_resamples <= 0:
+        return np.empty((0, len(PARAMETERS)))
+    n_points = logx.shape[1]
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n_points, np.full(n_points, 1.0 / n_points), size=n_resamples)
+    counts = counts.astype(float)
+    n_restarts = len(restarts)
+    starts = np.tile(restarts, (n_resamples, 1))
+    resample_of = np.repeat(np.arange(n_resamples), n_restarts)
+    objective = HuberLSE(logx, logy, counts, delta=delta)
+    result = minimize_batch(lambda x, rows: objective(x, resample_of[rows]), starts, ftol=FTOL, gtol=GTOL)
+    fun = np.where(np.isfinite(result.fun), result.fun, np.inf).reshape(n_resamples, n_restarts)
+    best = result.x.reshape(n_resamples, n_restarts, -1)[np.arange(n_resamples), fun.argmin(axis=1)]
+    e, a, b, alpha, beta = best.T
+    return np.column_stack([np.exp(e), np.exp(a), np.exp(b), alpha, beta])

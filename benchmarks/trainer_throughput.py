@@ -1,0 +1,145 @@
+"""Trainer throughput against a bare training loop of the same model and batch, in one process.
+
+    python benchmarks/trainer_throughput.py                     # CPU: d=64, 2 layers, 16 x 128, 1 thread
+    python benchmarks/trainer_throughput.py --width 512 --layers 8 --seq 1024 --batch 32 --steps 300   # a GPU
+
+The bare loop is nanoGPT's: random windows from the same token array, forward, backward,
+clip, AdamW step. The trainer is ``workloads.run`` itself, timed over the same steps from its
+step hook, so it includes batch addressing, the schedule, accounting and logging (not the
+final evaluation). Both alternate ``--repeats`` times and the medians are compared; the
+target ratio is >= 0.95. On the CPU, CPU time is printed beside wall time: other work on a
+shared machine moves wall-clock rates by tens of percent between runs. On a GPU the MFU
+counts 6 N + 12 L T d FLOPs per token against the peak bf16 rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from orchestrator.spec import make_spec
+from workloads.data import TokenData
+from workloads.loop import make_optimizer, set_lr
+from workloads.run import run
+from workloads.transformer.model import GPT
+
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0, "V100": 125.0}
+WARMUP_STEPS = 10
+
+
+class Clock:
+    """Wall and CPU time (one thread on a shared CPU: CPU time is the steadier measure)."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def now(self) -> tuple[float, float]:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter(), time.process_time()
+
+    @staticmethod
+    def rates(tokens: int, start, end) -> tuple[float, float]:
+        return tokens / (end[0] - start[0]), tokens / (end[1] - start[1])
+
+
+def bare_loop(spec, data: TokenData, batch: int, steps: int, device) -> tuple[float, float]:
+    """Tokens/s (wall, CPU) of the plainest loop that trains the same model on the same kind of batch."""
+    torch.manual_seed(spec.seed)
+    model = GPT(spec).to(device)
+    optimizer = make_optimizer(spec, model, device)
+    set_lr(optimizer, spec.learning_rate)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    tokens = torch.from_numpy(data.train.astype("int64"))
+    T, clock = spec.seq_length, Clock(device)
+
+    for step in range(1, steps):
+        if step == WARMUP_STEPS:
+            start = clock.now()
+        ix = torch.randint(len(tokens) - T - 1, (batch,))
+        xy = torch.stack([tokens[i:i + T + 1] for i in ix]).to(device, non_blocking=True)
+        with autocast:
+            loss = model(xy[:, :-1], xy[:, 1:])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return clock.rates((steps - WARMUP_STEPS) * batch * T, start, clock.now())
+
+
+def trainer(spec, batch: int, steps: int, device, data_cache) -> tuple[float, float]:
+    """Tokens/s (wall, CPU) of ``workloads.run`` between the same steps as the bare loop.
+
+    Timed from its step hook: after step WARMUP_STEPS - 1 to after step steps - 1, which
+    includes its logging (every 10 steps) but not its final evaluation and checkpoint.
+    """
+    clock, marks = Clock(device), {}
+
+    def on_step(step, model):
+        if step in (WARMUP_STEPS - 1, steps - 1):
+            marks[step] = clock.now()
+
+    with tempfile.TemporaryDirectory() as root:
+        spec_path = Path(root) / "spec.json"
+        spec_path.write_text(json.dumps(spec.to_dict()))
+        run(spec_path, root=root, batch_size=batch, grad_accum=1, device=device, data_cache=data_cache,
+            on_step=on_step)
+    return clock.rates((steps - WARMUP_STEPS) * batch * spec.seq_length, marks[WARMUP_STEPS - 1], marks[steps - 1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: two threads on two shared cores are erratic)")
+    parser.add_argument("--partition", default="local")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="peak bf16 TFLOP/s (default: by GPU name)")
+    parser.add_argument("--data-cache", default=None)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    spec = make_spec("transformer", hidden_dim=args.width, num_layers=args.layers, seq_length=args.seq,
+                     label="throughput", folder_name="benchmark", partition=args.partition,
+                     target_effective_batch_size=args.batch, train_tokens=args.steps * args.batch * args.seq,
+                     eval_interval_steps=args.steps, log_interval_steps=10, checkpoint_interval_steps=10 ** 9)
+    data = TokenData.for_spec(spec, args.data_cache)  # tokenised once, outside the timings
+    bare, ours = [], []
+    for _ in range(args.repeats):
+        bare.append(bare_loop(spec, data, args.batch, args.steps, device))
+        ours.append(trainer(spec, args.batch, args.steps, device, args.data_cache))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({args.threads} thread)"
+    print(f"device {name}; d={args.width} L={args.layers} T={args.seq} batch={args.batch}; "
+          f"{spec.total_params:,} params; {args.steps} steps x {args.repeats} repeats")
+    clocks = ["wall"] if device.type == "cuda" else ["wall", "cpu"]  # CPU time means nothing on a GPU
+    for i, clock in enumerate(clocks):
+        b, o = [x[i] for x in bare], [x[i] for x in ours]
+        pairs = sorted(y / x for x, y in zip(b, o))
+        print(f"{clock:>4} time: bare {statistics.median(b):,.0f} tok/s ({', '.join(f'{x:,.0f}' for x in b)}); "
+              f"trainer {statistics.median(o):,.0f} tok/s ({', '.join(f'{x:,.0f}' for x in o)})")
+        print(f"{clock:>4} time: ratio trainer / bare {statistics.median(o) / statistics.median(b):.3f} "
+              f"(paired: {', '.join(f'{r:.3f}' for r in pairs)}; target >= 0.95)")
+    bare_tps, ours_tps = statistics.median(x[0] for x in bare), statistics.median(x[0] for x in ours)
+    if device.type == "cuda":
+        peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+        flops_per_token = 6 * spec.total_params + 12 * spec.num_layers * spec.seq_length * spec.hidden_dim
+        if peak:
+            print(f"MFU: trainer {ours_tps * flops_per_token / (peak * 1e12):.1%}, "
+                  f"bare {bare_tps * flops_per_token / (peak * 1e12):.1%} of {peak:.0f} TFLOP/s bf16")
+        else:
+            print("MFU: unknown peak for this GPU; pass --peak-tflops")
+
+
+if __name__ == "__main__":
+    main()

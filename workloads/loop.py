@@ -1,0 +1,391 @@
+"""The training loop every workload shares: data, forward, backward, step, log, and nothing else.
+
+A workload hands ``train`` a spec and a function building its model. The model is an
+``nn.Module`` whose ``forward(idx, targets)`` returns the mean cross-entropy and whose
+``param_groups()`` returns AdamW groups (``params``, ``weight_decay``, ``lr_scale``).
+
+Accounting. One optimizer step takes ``batch_size * grad_accum`` sequences on each of
+``world_size`` ranks; sample ``i`` of the training stream is used by step
+``i // effective_batch``, whatever the split into micro-batches and ranks. So
+``tokens_processed = step * batch_size * grad_accum * world_size * seq_length`` and
+``theoretical_flops_chinchilla = 6 * total_params * tokens_processed``, on every row.
+
+Outputs (names from ``orchestrator.paths``): the metrics CSV is appended as rows are
+logged and rewritten atomically on resume (dropping rows past the checkpoint) and at the
+end; status.json and the config JSON are written atomically; status.json is updated at
+start, at every evaluation and checkpoint, and at the end.
+
+Faults. A checkpoint (model, optimizer, RNG, step; the data position and the learning rate
+follow from the step) is written atomically every ``checkpoint_interval_steps``, at the
+end, and when a stop is requested (``workloads.interrupt``), after which ``RunInterrupted``
+is raised. Starting again resumes from the latest checkpoint; a completed or diverged run
+(status.json, same identity) is not trained again. A non-finite training loss
+stops the run as ``diverged``; it is checked at every logged step over all steps since the
+previous one, which avoids a device sync per step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import math
+import os
+import random
+import subprocess
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from orchestrator.errors import UsageError
+from orchestrator.paths import RunPaths, atomic_write_json, atomic_write_text, read_status
+from orchestrator.planner import BatchPlan, estimate_memory, plan_batch
+from orchestrator.profiles import get_profile
+from orchestrator.spec import load_spec
+from workloads import interrupt
+from workloads.data import TokenData
+
+FINAL_STATES = ("completed", "diverged")  # a run in one of these is never trained again
+COLUMNS = ("optimizer_step", "tokens_processed", "loss", "val_loss", "learning_rate", "grad_norm",
+           "theoretical_flops_chinchilla", "tokens_per_s", "elapsed_s")
+
+
+# --------------------------------------------------------------- optimisation
+def lr_at(spec, step: int) -> float:
+    """The base learning rate of optimizer step ``step`` (1-based): linear warmup, then
+    constant or cosine down to ``lr_min_ratio * lr`` at the last step."""
+    lr, warmup, total = spec.learning_rate, spec.warmup_steps, spec.optimizer_steps
+    if step <= warmup:
+        return lr * step / warmup
+    if spec.lr_schedule == "warmup_constant":
+        return lr
+    progress = (step - warmup) / max(1, total - warmup)
+    lr_min = lr * spec.lr_min_ratio
+    return lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(spec, model, device=None) -> torch.optim.AdamW:
+    groups = model.param_groups()
+    grouped = [p for g in groups for p in g["params"]]
+    if len({id(p) for p in grouped}) != len(grouped) or {id(p) for p in grouped} != {id(p) for p in model.parameters()}:
+        raise RuntimeError("param_groups() must hold every parameter of the model exactly once")
+    fused = device is not None and torch.device(device).type == "cuda"
+    return torch.optim.AdamW(groups, lr=spec.learning_rate, betas=(spec.adam_beta1, spec.adam_beta2),
+                             eps=spec.adam_eps, fused=fused or None)
+
+
+def set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_scale"]
+
+
+def resolve_batch(spec, world_size: int = 1, batch_size: int | None = None,
+                  grad_accum: int | None = None) -> BatchPlan:
+    """The planner's batch for this world size, or the caller's (tests, benchmarks).
+
+    If fewer ranks run than planned, their share goes into accumulation, so the
+    effective batch (and the result) stays the same.
+    """
+    plan = plan_batch(spec)
+    per_rank, rest = divmod(spec.target_effective_batch_size, world_size)
+    batch_size = batch_size or math.gcd(plan.batch_size, per_rank)
+    grad_accum = grad_accum or per_rank // batch_size
+    if rest or batch_size * grad_accum != per_rank:
+        raise UsageError(f"batch_size={batch_size} x grad_accum={grad_accum} x world_size={world_size} "
+                         f"!= target_effective_batch_size={spec.target_effective_batch_size}")
+    peak = estimate_memory(spec, get_profile(spec.partition)).peak_gb(batch_size)
+    return dataclasses.replace(plan, batch_size=batch_size, grad_accum=grad_accum,
+                               data_parallel=world_size, peak_memory_gb=peak)
+
+
+# ------------------------------------------------------------------ run files
+class MetricsCSV:
+    """Appended as rows are logged; rewritten atomically when reopened and when closed."""
+
+    def __init__(self, path: Path, keep_through_step: int):
+        self.path = path
+        self.rows: list[dict] = []
+        if keep_through_step > 0 and path.exists():
+            with open(path, newline="") as handle:
+                self.rows = [r for r in csv.DictReader(handle) if int(r["optimizer_step"]) <= keep_through_step]
+        self._rewrite()
+        self._file = open(path, "a", newline="")
+        self._writer = csv.DictWriter(self._file, COLUMNS, restval="", extrasaction="ignore")
+
+    def append(self, row: dict) -> None:
+        row = {key: "" if row.get(key) is None else row[key] for key in COLUMNS}
+        self.rows.append(row)
+        self._writer.writerow(row)
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        text = io.StringIO()
+        writer = csv.DictWriter(text, COLUMNS, restval="", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.path, text.getvalue())
+
+
+def _spec_identity(path: Path) -> str | None:
+    try:
+        return load_spec(path).identity
+    except (OSError, ValueError):
+        return None
+
+
+def write_status(paths: RunPaths, spec, state: str, step: int, **extra) -> dict:
+    status = {"state": state, "identity": spec.identity, "run": spec.run_name, "optimizer_step": step,
+              "total_steps": spec.optimizer_steps, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
+    atomic_write_json(paths.status_json, status)
+    return status
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+# ---------------------------------------------------------------- checkpoints
+def latest_checkpoint(paths: RunPaths) -> Path | None:
+    found = sorted(paths.checkpoint_dir.glob("step_*.pt"))
+    return found[-1] if found else None
+
+
+def save_checkpoint(paths: RunPaths, spec, step: int, model, optimizer, elapsed_s: float) -> Path:
+    state = {
+        "identity": spec.identity, "optimizer_step": step, "elapsed_s": elapsed_s,
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+    }
+    path = paths.checkpoint_dir / f"step_{step:08d}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+    for old in paths.checkpoint_dir.glob("step_*.pt"):
+        if old != path:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(paths: RunPaths, spec, model, optimizer) -> tuple[int, float]:
+    """Restore the latest checkpoint; (optimizer step, elapsed seconds), (0, 0.0) if none."""
+    path = latest_checkpoint(paths)
+    if path is None:
+        return 0, 0.0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state["identity"] != spec.identity:
+        raise UsageError(f"{path} belongs to experiment {state['identity']}, not {spec.identity} "
+                         f"({spec.run_name}); use another label or remove {paths.run_dir}")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate(state["rng"]["python"])
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state["optimizer_step"], state["elapsed_s"]
+
+
+# ----------------------------------------------------------------- the loop
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_reduce(tensor: torch.Tensor, world: int, op=None) -> torch.Tensor:
+    if world > 1:
+        dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
+    return tensor
+
+
+@torch.no_grad()
+def evaluate(model, data: TokenData, spec, batch_size: int, device, autocast, rank=0, world=1) -> float:
+    """Mean loss over the fixed validation set: eval_batches effective batches of sequences."""
+    model.eval()
+    total = torch.zeros(2, device=device, dtype=torch.float64)
+    for batch in data.val_batches(spec.eval_batches * spec.target_effective_batch_size, batch_size, rank, world):
+        batch = torch.from_numpy(batch).to(device)
+        with autocast:
+            loss = model(batch[:, :-1], batch[:, 1:])
+        total += torch.stack([loss.double() * len(batch), torch.tensor(len(batch), device=device, dtype=torch.float64)])
+    model.train()
+    total = _all_reduce(total, world)
+    return (total[0] / total[1]).item()
+
+
+def train(spec, build_model, *, root=None, batch_size=None, grad_accum=None, device=None,
+          data_cache=None, on_step=None) -> dict:
+    """Train ``spec`` to its token budget, resuming if a checkpoint exists; return the final status.
+
+    ``on_step(step, model)`` is called after every optimizer step (a test hook).
+    Raises ``RunInterrupted`` after checkpointing when a stop is requested.
+    """
+    paths = RunPaths.of(spec.folder_name, spec.label, root)
+    rank, world = _world()
+    status = read_status(paths) or {}
+    if status.get("identity", spec.identity) != spec.identity:
+        if status.get("state") in FINAL_STATES or latest_checkpoint(paths):
+            raise UsageError(f"{paths.run_dir} holds experiment {status['identity']}, not {spec.identity} "
+                             f"({spec.run_name}); use another label or remove the directory")
+        status = {}  # a different experiment that never got far: start this one afresh
+    if status.get("state") in FINAL_STATES:
+        print(f"{spec.run_name}: already {status['state']} ({paths.status_json})", flush=True)
+        return status
+    if device is None:
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    progress = {"step": 0}
+    try:
+        plan = resolve_batch(spec, world, batch_size, grad_accum)
+        data = TokenData.for_spec(spec, data_cache)  # a bad dataset fails here, before any training
+        return _train(spec, build_model, paths, plan, data, device, rank, world, on_step, progress)
+    except interrupt.RunInterrupted:
+        raise
+    except BaseException as exc:
+        if rank == 0:
+            write_status(paths, spec, "failed", progress["step"], error=f"{type(exc).__name__}: {exc}",
+                         traceback=traceback.format_exc()[-4000:])
+        raise
+
+
+def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, progress) -> dict:
+    torch.manual_seed(spec.seed)
+    model = build_model(spec).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    if n_params != spec.total_params:
+        raise RuntimeError(f"the model has {n_params} parameters but the spec counts {spec.total_params}")
+    optimizer = make_optimizer(spec, model, device)
+    start_step, elapsed_before = load_checkpoint(paths, spec, model, optimizer)
+    progress["step"] = start_step
+    forward = torch.compile(model) if spec.compile else model
+    if world > 1:
+        forward = torch.nn.parallel.DistributedDataParallel(
+            forward, device_ids=[device.index] if device.type == "cuda" else None)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else contextlib.nullcontext())
+    B, A, T, total = plan.batch_size, plan.grad_accum, spec.seq_length, spec.optimizer_steps
+    effective = B * A * world
+    tokens_per_step = effective * T
+
+    csv_log = None
+    if rank == 0:
+        paths.run_dir.mkdir(parents=True, exist_ok=True)
+        if _spec_identity(paths.spec_json) != spec.identity:  # keep the submitter's copy if it is ours
+            atomic_write_json(paths.spec_json, {"spec": spec.to_dict()})
+        atomic_write_json(paths.config_json, {
+            "spec": spec.to_dict(), "identity": spec.identity, "derived": spec.derived(),
+            "plan": plan.to_dict(), "torch_version": torch.__version__, "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "git_commit": git_commit()})
+        csv_log = MetricsCSV(paths.metrics_csv, start_step)
+        write_status(paths, spec, "running", start_step, resumed_from=start_step or None)
+        print(f"{spec.run_name}: {n_params:,} parameters, {total} steps of {effective} x {T} tokens "
+              f"(batch {B} x accum {A} x {world} ranks) on {device}"
+              + (f", resumed at step {start_step}" if start_step else ""), flush=True)
+
+    params = list(model.parameters())
+    interval_loss = torch.zeros((), device=device)
+    loop_start = mark = time.perf_counter()
+    tokens_mark = start_step * tokens_per_step
+    for step in range(start_step + 1, total + 1):
+        lr = lr_at(spec, step)
+        set_lr(optimizer, lr)
+        evaluate_now = step % spec.eval_interval_steps == 0 or step == total
+        log_now = step == 1 or step % spec.log_interval_steps == 0 or evaluate_now
+
+        step_loss = torch.zeros((), device=device)
+        for micro in range(A):
+            first = (step - 1) * effective + (rank * A + micro) * B
+            batch = torch.from_numpy(data.train_batch(first, B)).to(device, non_blocking=True)
+            sync = forward.no_sync() if world > 1 and micro < A - 1 else contextlib.nullcontext()
+            with sync:
+                with autocast:
+                    loss = forward(batch[:, :-1], batch[:, 1:]) / A
+                loss.backward()
+            step_loss += loss.detach()
+        if spec.grad_clip is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
+        elif log_now:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        interval_loss += step_loss
+        progress["step"] = step
+
+        if log_now:
+            loss_value = _all_reduce(step_loss, world).item() / world
+            diverged = not math.isfinite(_all_reduce(interval_loss, world).item())
+            interval_loss.zero_()
+            now = time.perf_counter()
+            tokens = step * tokens_per_step
+            row = {"optimizer_step": step, "tokens_processed": tokens, "loss": loss_value,
+                   "learning_rate": lr, "grad_norm": grad_norm.item(),
+                   "theoretical_flops_chinchilla": 6 * n_params * tokens,
+                   "tokens_per_s": round((tokens - tokens_mark) / (now - mark), 1),
+                   "elapsed_s": round(elapsed_before + now - loop_start, 3)}
+            if evaluate_now and not diverged:
+                row["val_loss"] = evaluate(model, data, spec, B, device, autocast, rank, world)
+            if rank == 0:
+                csv_log.append(row)
+                print(f"{spec.run_name} step {step}/{total} loss {loss_value:.4f}"
+                      + (f" val {row['val_loss']:.4f}" if row.get("val_loss") is not None else "")
+                      + f" lr {lr:.3g} {row['tokens_per_s']:.0f} tok/s", flush=True)
+                if row.get("val_loss") is not None and step < total:
+                    write_status(paths, spec, "running", step, val_loss=row["val_loss"])
+            if diverged:
+                if rank == 0:
+                    csv_log.close()
+                    since = tokens_mark // tokens_per_step + 1
+                    return write_status(paths, spec, "diverged", step,  # the loss itself may be NaN: not JSON
+                                        error=f"non-finite training loss in optimizer steps {since}..{step} "
+                                              f"(loss {loss_value} at step {step})")
+                return {"state": "diverged", "optimizer_step": step}
+            tokens_mark, mark = tokens, time.perf_counter()
+
+        if on_step is not None:
+            on_step(step, model)
+        signum = interrupt.stop_requested()
+        if world > 1:  # a signal may reach only some ranks; all must stop at the same step
+            flag = _all_reduce(torch.tensor([-1 if signum is None else signum], device=device), world,
+                               dist.ReduceOp.MAX)
+            signum = None if flag.item() < 0 else int(flag.item())
+        if step < total and (signum is not None or step % spec.checkpoint_interval_steps == 0):
+            elapsed = elapsed_before + time.perf_counter() - loop_start
+            if rank == 0:
+                checkpoint = save_checkpoint(paths, spec, step, model, optimizer, elapsed)
+                extra = {"interrupted_by": interrupt.signal_name(signum)} if signum is not None else {}
+                write_status(paths, spec, "running", step, checkpoint=checkpoint.name, **extra)
+            if world > 1:
+                dist.barrier()
+            if signum is not None:
+                if rank == 0:
+                    csv_log.close()
+                raise interrupt.RunInterrupted(step, signum)
+
+    elapsed = elapsed_before + time.perf_counter() - loop_start
+    if rank != 0:
+        return {"state": "completed", "optimizer_step": total}
+    if start_step < total:
+        save_checkpoint(paths, spec, total, model, optimizer, elapsed)
+    csv_log.close()
+    last = csv_log.rows[-1]
+    return write_status(paths, spec, "completed", total, val_loss=float(last["val_loss"]),
+                        loss=float(last["loss"]), tokens_processed=int(last["tokens_processed"]),
+                        elapsed_s=float(last["elapsed_s"]))

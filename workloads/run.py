@@ -1,0 +1,107 @@
+"""Run one experiment from its spec JSON: ``python -m workloads.run SPEC_JSON``, or
+``run(spec_path)`` in-process (tests, a submitit job).
+
+The spec's workload names its trainer (``type(spec).trainer``, "module:function"), which is
+called with the spec path and the keyword options given here (``root``, ``batch_size``,
+``grad_accum``, ``device``, ``data_cache``, ``on_step``).
+
+Exit statuses of the script: 0 completed or diverged (status.json says which), 2 usage
+error (bad spec, unknown dataset), 75 interrupted by SIGUSR2/SIGTERM after a checkpoint
+(requeue it: the next start resumes), 1 anything else (status.json holds the error).
+
+Under torchrun (``WORLD_SIZE`` > 1) the process group is initialised here (NCCL on GPUs,
+gloo on CPUs) unless the caller already did. On a CPU, torch uses ``cpus_per_gpu`` threads
+unless ``OMP_NUM_THREADS`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import os
+import sys
+from pathlib import Path
+
+from orchestrator.errors import UsageError
+from orchestrator.spec import load_spec
+from workloads import interrupt
+
+
+def trainer_of(spec):
+    module, _, function = type(spec).trainer.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def run(spec_path, *, handle_signals: bool = True, **options) -> dict:
+    """Train the spec at ``spec_path``; the final status dict, or ``RunInterrupted`` raised.
+
+    ``handle_signals`` routes SIGUSR2/SIGTERM to a graceful stop for the duration of the
+    run (main thread only) and restores the previous handlers afterwards.
+    """
+    import torch
+    import torch.distributed
+
+    spec = load_spec(spec_path)
+    trainer = trainer_of(spec)
+    if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(spec.cpus_per_gpu)
+    if options.get("root") is None:
+        options["root"] = run_dir_root(spec, spec_path)
+    started_group = _init_distributed()
+    signals = interrupt.handling_signals() if handle_signals else contextlib.nullcontext()
+    try:
+        with signals:
+            status = trainer(spec_path, **options)
+        if started_group:  # a clean teardown; after a failure the other ranks may never arrive
+            torch.distributed.barrier()
+        return status
+    finally:
+        if started_group:
+            torch.distributed.destroy_process_group()
+
+
+def run_dir_root(spec, spec_path) -> Path | None:
+    """The results root when ``spec_path`` is a run directory's spec.json, else None (the default).
+
+    So ``python -m workloads.run results/<folder>/<label>/spec.json`` writes next to it,
+    whatever the working directory and environment.
+    """
+    path = Path(spec_path).resolve()
+    if path.parent.name == spec.label and path.parent.parent.name == spec.folder_name:
+        return path.parent.parent.parent
+    return None
+
+
+def _init_distributed() -> bool:
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workloads.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("spec_json", type=Path, help="the spec, as written by spec.to_dict() (or under a 'spec' key)")
+    parser.add_argument("--results-dir", type=Path, default=None,
+                        help="results root (default: $ORCHESTRATOR_RESULTS_DIR or ./results)")
+    args = parser.parse_args(argv)
+    try:
+        status = run(args.spec_json, root=args.results_dir)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except interrupt.RunInterrupted as exc:
+        print(exc, file=sys.stderr)
+        return interrupt.EXIT_REQUEUE
+    print(f"{status['run'] if 'run' in status else args.spec_json}: {status['state']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
