@@ -77,15 +77,23 @@ def load_folder(folder, **options) -> Study:
     return load_runs(discover(Path(folder)), **options)
 
 
-def load_runs(paths, *, include_incomplete=False, include_diverged=False, workers=None) -> Study:
-    """Load the given runs (``RunPaths``); see the module docstring for the rules."""
+def load_runs(paths, *, include_incomplete=False, include_diverged=False, workers=None,
+              spec_fields=SPEC_FIELDS) -> Study:
+    """Load the given runs (``RunPaths``); see the module docstring for the rules.
+
+    ``spec_fields``: the spec fields copied into ``runs`` (None: all of them).
+    """
     paths = list(paths)
     workers = workers or min(8, os.cpu_count() or 1)
+
+    def load(p):
+        return _load_one(p, include_incomplete, include_diverged, spec_fields)
+
     if len(paths) > 16 and workers > 1:
         with ThreadPoolExecutor(workers) as pool:
-            results = list(pool.map(lambda p: _load_one(p, include_incomplete, include_diverged), paths))
+            results = list(pool.map(load, paths))
     else:
-        results = [_load_one(p, include_incomplete, include_diverged) for p in paths]
+        results = [load(p) for p in paths]
 
     rows, curves, excluded, problems = [], [], [], []
     for kind, payload in results:
@@ -114,9 +122,12 @@ _RUN_COLUMNS = ["run", "folder", "label", "state", "N", "N_non_embedding", "D", 
                 "identity"]
 
 
-def _load_one(paths: RunPaths, include_incomplete: bool, include_diverged: bool):
+def _load_one(paths: RunPaths, include_incomplete: bool, include_diverged: bool, spec_fields=SPEC_FIELDS):
     """("run", (row, curve)) | ("excluded", (run, state, reason)) | ("problem", (path, why))."""
     name = f"{paths.folder.name}/{paths.label}"
+    if not paths.config_json.exists() and not paths.metrics_csv.exists():
+        state = (read_status(paths) or {}).get("state") or "not started"
+        return "excluded", (name, state, "no config or metrics yet")
     try:
         config = _read_config(paths)
         status = read_status(paths)
@@ -151,7 +162,7 @@ def _load_one(paths: RunPaths, include_incomplete: bool, include_diverged: bool)
                 return "excluded", (name, state, "non-finite training loss in the CSV")
     except _Problem as problem:
         return "problem", (str(problem.path), str(problem))
-    return "run", _tidy(name, paths, config, state, curve)
+    return "run", _tidy(name, paths, config, state, curve, spec_fields)
 
 
 def _read_config(paths: RunPaths) -> dict:
@@ -205,7 +216,7 @@ def _read_curve(path: Path) -> dict[str, np.ndarray]:
     return curve
 
 
-def _tidy(name, paths, config, state, curve):
+def _tidy(name, paths, config, state, curve, spec_fields=SPEC_FIELDS):
     derived, spec = config["derived"], config.get("spec", {})
     N = float(derived["total_params"])
     tokens, train = curve["tokens_processed"], curve["loss"]
@@ -224,6 +235,6 @@ def _tidy(name, paths, config, state, curve):
         "steps": int(curve["optimizer_step"][-1]), "tokens_per_param": D / N,
         "identity": config.get("identity"),
     }
-    row.update({f: spec[f] for f in SPEC_FIELDS if f in spec})
+    row.update({f: v for f, v in spec.items() if spec_fields is None or f in spec_fields})
     return row, {"optimizer_step": curve["optimizer_step"].astype(np.int64), "tokens": tokens,
                  "flops": 6.0 * N * tokens, "loss": train, "val_loss": curve["val_loss"]}

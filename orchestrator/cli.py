@@ -22,6 +22,8 @@ COMMANDS = {
     "cancel": "cancel queued or running experiments",
     "retry": "resubmit failed, timed-out, cancelled or diverged experiments",
     "sync": "pull a cluster's results home with rsync",
+    "study": "run a whole study: submit, watch it live, fit the scaling law",
+    "collect": "write one tidy table (parquet or csv) of all runs with config fields and final metrics",
     "analyze": "fit scaling laws to a study's results and draw the plots",
 }
 

@@ -38,6 +38,7 @@ class ExperimentStatus:
     tokens_processed: int | None = None
     loss: float | None = None
     val_loss: float | None = None
+    tokens_per_s: float | None = None
     reason: str = ""
 
     def to_dict(self) -> dict:
@@ -120,6 +121,7 @@ def experiment_states(specs: list[ExperimentSpec], submissions: list[manifest.Su
         entry.tokens_processed = _number(metrics.get("tokens_processed"), int)
         entry.loss = _number(metrics.get("loss"))
         entry.val_loss = _number(metrics.get("val_loss"))
+        entry.tokens_per_s = _number(metrics.get("tokens_per_s"))
         if entry.state in RETRYABLE_STATES - {"cancelled"}:
             entry.reason = (status or {}).get("error") or ""
             if not entry.reason and record and record[1].backend == "slurm":

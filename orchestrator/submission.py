@@ -26,11 +26,18 @@ from orchestrator.status import ACTIVE_STATES, RETRYABLE_STATES, experiment_stat
 RESOURCE_FIELDS = ("partition", "gpus", "time_min", "mem_gb", "cpus_per_gpu")
 
 
+INTERRUPTED_STATES = frozenset({"cancelled", "timeout", "missing"})
+
+
 @dataclasses.dataclass(frozen=True)
 class Policy:
     """What to resubmit: Dora-style rules passed down instead of flags threaded through."""
-    force: bool = False         # rerun completed experiments from scratch
-    retry_failed: bool = False  # resubmit failed, timed-out, cancelled, diverged and missing ones
+    force: bool = False                # rerun completed experiments from scratch
+    retry: frozenset = frozenset()     # states to resubmit (failed ones resume from their checkpoint)
+
+    @classmethod
+    def retry_failed(cls) -> Policy:
+        return cls(retry=RETRYABLE_STATES)
 
 
 @dataclasses.dataclass
@@ -98,7 +105,7 @@ def plan(registry: str, specs: list[ExperimentSpec], backend: str, policy: Polic
             action = "completed"
         elif state in ACTIVE_STATES:
             action = "active"
-        elif state in RETRYABLE_STATES and not policy.retry_failed:
+        elif state in RETRYABLE_STATES and state not in policy.retry:
             action = "failed"
         elif limit is not None and chosen >= limit:
             action = "over limit"

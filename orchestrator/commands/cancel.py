@@ -44,6 +44,15 @@ def targets(selected: dict) -> tuple[list[str], list[str], int]:
     return sorted(set(slurm_ids)), sorted(set(pids)), count
 
 
+def stop_local(pids) -> None:
+    """SIGTERM to a local job's controller: its runner lets the trainers checkpoint, then stops."""
+    for pid in pids:
+        try:
+            os.kill(int(pid), signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
 def run(args) -> int:
     selected = select(args.selector, args.registry_module)
     slurm_ids, pids, count = targets(selected)
@@ -60,10 +69,6 @@ def run(args) -> int:
             console.print("nothing cancelled")
             return 1
     scheduler.cancel(slurm_ids)
-    for pid in pids:
-        try:
-            os.kill(int(pid), signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    stop_local(pids)
     console.print(f"cancelled {count} experiments: {', '.join(jobs)}")
     return 0

@@ -24,5 +24,5 @@ def run(args) -> int:
     for registry, specs in select(args.selector, args.registry_module).items():
         states = experiment_states(specs, manifest.load_submissions(registry))
         retry = [s.spec for s in states if s.state in RETRYABLE_STATES]
-        submit_specs(args, registry, retry, Policy(retry_failed=True))
+        submit_specs(args, registry, retry, Policy.retry_failed())
     return 0

@@ -38,10 +38,13 @@ def run(args) -> int:
     from orchestrator.submission import Policy
 
     specs = load_registry(args.registry, args.registry_module)
-    return submit_specs(args, args.registry, specs, Policy(force=args.force, retry_failed=args.retry_failed))
+    policy = Policy(force=args.force, retry=Policy.retry_failed().retry if args.retry_failed else frozenset())
+    submit_specs(args, args.registry, specs, policy)
+    return 0
 
 
-def submit_specs(args, registry: str, specs, policy) -> int:
+def submit_specs(args, registry: str, specs, policy):
+    """Plan and (unless --dry-run) submit; print what was done; return the plan."""
     from orchestrator import submission
 
     submission.check_options(args.n, args.parallel, args.max_requeues)
@@ -52,7 +55,7 @@ def submit_specs(args, registry: str, specs, policy) -> int:
                                max_requeues=args.max_requeues)
         done = None if args.dry_run or not plan.arrays else submission.execute(plan)
     report(args, plan, done, repaired, why)
-    return 0
+    return plan
 
 
 def _sbatch_flags(plan, array) -> str:

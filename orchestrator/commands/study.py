@@ -1,0 +1,99 @@
+"""Run a whole study on one command: submit, watch it live, then fit the scaling law.
+
+Reruns reuse finished runs (nothing is retrained) and pick interrupted ones up from their
+checkpoints. Ctrl-C stops a study on this machine cleanly (runs checkpoint and are marked
+cancelled; the next run of this command continues them); on Slurm it only stops watching.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from orchestrator import fmt
+from orchestrator.commands import analyze, submit
+
+REFRESH_S = {"slurm": 30.0, "local": 2.0, "debug": 0.0}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("registry", help="registry name, e.g. QUICKSTART")
+    parser.add_argument("--backend", default="auto", choices=("auto", "slurm", "local"),
+                        help="auto: slurm when sbatch is on PATH and a partition needs it, else local")
+    parser.add_argument("--parallel", type=int, default=None, metavar="K", help="run at most K tasks at once")
+    parser.add_argument("--budget", nargs="+", action="extend", default=[], metavar="FLOPS",
+                        help="FLOP budgets for the compute-optimal prediction (default: the study's largest, x10, x100)")
+    parser.add_argument("--bootstrap", type=int, default=200, metavar="N", help="bootstrap resamples (default 200)")
+
+
+def progress_view(registry: str, statuses, started: float):
+    from rich.console import Group
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+
+    from orchestrator.status import summarize
+
+    planned = sum(s.spec.tokens for s in statuses)
+    done = sum(s.spec.tokens if s.state == "completed" else (s.tokens_processed or 0) for s in statuses)
+    counts = summarize(statuses)
+    header = (f"[bold]{registry}[/]: {counts.get('completed', 0)}/{len(statuses)} runs done, "
+              f"{counts.get('running', 0)} running, {counts.get('pending', 0)} pending"
+              + "".join(f", [red]{n} {state}[/]" for state, n in counts.items()
+                        if state not in ("completed", "running", "pending"))
+              + f"   {fmt.count(done)}/{fmt.count(planned)} tokens, {fmt.duration(time.monotonic() - started)}")
+    table = Table(box=None, padding=(0, 2))
+    for column in ("run", "state", "step", "tokens", "tokens/s", "loss", "val loss"):
+        table.add_column(column, justify="left" if column in ("run", "state") else "right")
+    shown = [s for s in statuses if s.state == "running"] + [s for s in statuses if s.state == "completed"][-4:]
+    for s in shown:
+        table.add_row(s.spec.label, s.state, f"{s.optimizer_step or 0}/{s.spec.optimizer_steps}",
+                      fmt.count(s.tokens_processed or 0), fmt.count(s.tokens_per_s) if s.tokens_per_s else "",
+                      f"{s.loss:.3f}" if s.loss is not None else "", f"{s.val_loss:.3f}" if s.val_loss else "")
+    return Group(header, ProgressBar(total=max(planned, 1), completed=done, width=60), table)
+
+
+def watch(registry: str, backend: str, extra_modules) -> dict:
+    from rich.live import Live
+
+    from orchestrator.commands.status import collect
+    from orchestrator.status import ACTIVE_STATES
+
+    started = time.monotonic()
+    statuses = collect(registry, extra_modules)[registry]
+    with Live(progress_view(registry, statuses, started), console=fmt.console(), refresh_per_second=4) as live:
+        while any(s.state in ACTIVE_STATES for s in statuses):
+            time.sleep(REFRESH_S[backend])
+            statuses = collect(registry, extra_modules)[registry]
+            live.update(progress_view(registry, statuses, started))
+    return statuses
+
+
+def run(args) -> int:
+    from orchestrator.commands import cancel
+    from orchestrator.registry import load_registry
+    from orchestrator.submission import INTERRUPTED_STATES, Policy
+
+    budgets = analyze.parse_budgets(args.budget)  # bad input fails before anything starts
+    specs = load_registry(args.registry, args.registry_module)
+    submitted = argparse.Namespace(n=None, parallel=args.parallel, backend=args.backend, max_requeues=3,
+                                   dry_run=False, json=False, registry_module=args.registry_module)
+    plan = submit.submit_specs(submitted, args.registry, specs, Policy(retry=INTERRUPTED_STATES))
+    try:
+        statuses = watch(args.registry, plan.backend, args.registry_module)
+    except KeyboardInterrupt:
+        console = fmt.console()
+        if plan.backend == "local":
+            _, pids, count = cancel.targets({args.registry: specs})
+            cancel.stop_local(pids)
+            console.print(f"\nstopped {count} runs; they saved checkpoints. Run the same command again to continue.")
+        else:
+            console.print("\nstopped watching; the jobs go on (`python -m orchestrator status "
+                          f"{args.registry}`). Run the same command again to analyse when they are done.")
+        return 130
+    failed = [s for s in statuses if s.state != "completed"]
+    for s in failed:
+        fmt.console().print(f"[red]{s.spec.run_name} {s.state}[/] {s.reason}")
+    return analyze.run(argparse.Namespace(
+        target=args.registry, budget=[str(b) for b in budgets], bootstrap=args.bootstrap, seed=0, params="total",
+        include_incomplete=False, include_diverged=False, out=None, json=False,
+        registry_module=args.registry_module))
