@@ -89,6 +89,13 @@ def log_tail(log_folder: str, job_id: str, lines: int = 3) -> str:
     return " | ".join(kept[-lines:])
 
 
+def _written_before(path: Path, iso_time: str) -> bool:
+    try:
+        return path.stat().st_mtime < datetime.datetime.fromisoformat(iso_time).timestamp()
+    except OSError:
+        return False
+
+
 def _age_s(iso_time: str) -> float:
     created = datetime.datetime.fromisoformat(iso_time)
     return (datetime.datetime.now(datetime.timezone.utc) - created).total_seconds()
@@ -107,6 +114,8 @@ def experiment_states(specs: list[ExperimentSpec], submissions: list[manifest.Su
         record = latest.get(spec.identity)
         if record:
             submission, array, task = record
+            if on_disk not in (None, "completed") and _written_before(paths.status_json, submission.created):
+                on_disk = None  # how an earlier attempt ended says nothing about this one
             entry.backend, entry.submitted = array.backend, submission.created
             entry.job_id = array.task_job_id(task) if array.backend == "slurm" else array.job_id
             entry.state = _job_state(entry, array, tasks, on_disk, _age_s(submission.created))

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def test_study_runs_fits_and_a_rerun_only_refits(study_module):
     assert "L(N, D) = E + A / N^alpha + B / D^beta" in first.stdout
     assert "Compute-optimal allocation" in first.stdout and "1.00e+12" in first.stdout
     report = results() / "analysis" / "MINI_STUDY" / "report.json"
-    assert json.loads(report.read_text())["data"]["n_runs"] == 12
+    assert json.loads(report.read_text())["data"]["runs_used"] == 12
     assert (results() / "analysis" / "MINI_STUDY" / "loss_vs_flops.png").stat().st_size > 10_000
     trained = {p: p.stat().st_mtime_ns for p in (results() / "mini").glob("*.csv")}
     assert len(trained) == 12
@@ -98,7 +99,10 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_continues(study_module):
     assert "submitted 2 experiments" in rerun.stdout
     for label, step in stopped_at.items():
         status = json.loads((results() / "long" / label / "status.json").read_text())
-        assert status["state"] == "completed" and 0 < status.get("resumed_from", 0) <= step
+        assert status["state"] == "completed"
+        log = (results() / "long" / label / "logs" / "train.log").read_text()
+        resumed = [int(n) for n in re.findall(r"resumed at step (\d+)", log)]
+        assert len(resumed) == 1 and 0 < resumed[0] <= step  # continued from its checkpoint
         with open(results() / "long" / f"{label}.csv") as handle:
             steps = [int(row["optimizer_step"]) for row in csv.DictReader(handle)]
         assert steps == sorted(set(steps)) and steps[-1] == 3907
