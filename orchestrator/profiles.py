@@ -34,6 +34,7 @@ class Profile:
     cpus_per_gpu: int
     default_time_min: int
     max_time_min: int
+    log_dir: str | None  # where scheduler logs go; None: under the results root
 
     @property
     def peak_flops_per_gpu(self) -> float:
@@ -69,6 +70,8 @@ def _build(name: str, data: dict, sources: list[Path]) -> Profile:
         value = data[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise UsageError(f"profile {name!r}: {key} must be a positive number, got {value!r}")
+    if data["log_dir"] is not None and not isinstance(data["log_dir"], str):
+        raise UsageError(f"profile {name!r}: log_dir must be a path or null, got {data['log_dir']!r}")
     return Profile(name=name, **data)
 
 

@@ -161,7 +161,9 @@ def execute(plan: Plan) -> manifest.Submission:
     submission = manifest.new_submission(plan.registry, records)
     for number, record in enumerate(records):
         record.name = f"orch-{plan.registry}-{submission.id}-{number}"
-        record.log_folder = str((results_root() / "_submitit" / plan.registry / submission.id / str(number)).resolve())
+        log_root = get_profile(record.resources["partition"]).log_dir
+        log_root = Path(log_root).expanduser() if log_root else results_root() / "_submitit"
+        record.log_folder = str((log_root / plan.registry / submission.id / str(number)).resolve())
     submission.save()  # before sbatch: a crash from here on is repaired by name
     for record in records:
         record.job_id = _submit_array(plan, record)

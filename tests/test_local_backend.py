@@ -113,3 +113,14 @@ def test_an_interrupted_local_submission_is_marked_abandoned(study):
     out = json.loads(orchestrate(study, "submit", "LOCAL4", "--backend", "debug", "-n", "1", "--json").stdout)
     assert out["repaired"] and out["repaired"][0].endswith("abandoned")
     assert out["counts"]["submit"] == 1
+
+
+def test_two_submits_at_once_submit_each_experiment_once(study):
+    command = [sys.executable, "-m", "orchestrator", "--registry-module", str(study), "submit", "LOCAL4",
+               "--backend", "local", "--json"]
+    both = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [json.loads(p.communicate(timeout=120)[0]) for p in both]
+    assert sorted(o["counts"]["submit"] for o in outs) == [0, 4]
+    wait_for(study, "LOCAL4", lambda s: set(s.values()) == {"completed"})
+    submitted = [t.identity for s in manifest.load_submissions("LOCAL4") for a in s.arrays for t in a.tasks]
+    assert len(submitted) == len(set(submitted)) == 4
