@@ -2,6 +2,8 @@
 
     python benchmarks/trainer_throughput.py                     # CPU: d=64, 2 layers, 16 x 128, 1 thread
     python benchmarks/trainer_throughput.py --width 512 --layers 8 --seq 1024 --batch 32 --steps 300   # a GPU
+    python benchmarks/trainer_throughput.py --workload lstm --width 128            # the LSTM, hidden 128
+    python benchmarks/trainer_throughput.py --workload lstm --width 128 --ranks 2  # + 2 DDP ranks (gloo/NCCL)
 
 The bare loop is nanoGPT's: random windows from the same token array, forward, backward,
 clip, AdamW step. The trainer is ``workloads.run`` itself, timed over the same steps from its
@@ -9,15 +11,26 @@ step hook, so it includes batch addressing, the schedule, accounting and logging
 final evaluation). Both alternate ``--repeats`` times and the medians are compared; the
 target ratio is >= 0.95. On the CPU, CPU time is printed beside wall time: other work on a
 shared machine moves wall-clock rates by tens of percent between runs. On a GPU the MFU
-counts 6 N + 12 L T d FLOPs per token against the peak bf16 rate.
+counts 6 N + 12 L T d FLOPs per token (6 N for the LSTM) against the peak bf16 rate.
+
+``--ranks R`` also runs the trainer as R data-parallel processes (``python -m workloads.run``
+with env:// variables, as the local backend starts them; on a GPU machine one GPU each),
+every rank at ``--batch`` sequences, and reports the rate of all ranks together from rank 0's
+CSV (``tokens_per_s`` of the logged intervals after the warm-up). On this 2-core CPU that
+measures DDP's overhead, not a speed-up (the feasibility notes, section 5).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import json
+import os
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,8 +40,11 @@ import torch
 from orchestrator.spec import make_spec
 from workloads.data import TokenData
 from workloads.loop import make_optimizer, set_lr
+from workloads.lstm.model import LSTMLM
 from workloads.run import run
 from workloads.transformer.model import GPT
+
+MODELS = {"transformer": GPT, "lstm": LSTMLM}
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0, "V100": 125.0}
 WARMUP_STEPS = 10
@@ -53,7 +69,7 @@ class Clock:
 def bare_loop(spec, data: TokenData, batch: int, steps: int, device) -> tuple[float, float]:
     """Tokens/s (wall, CPU) of the plainest loop that trains the same model on the same kind of batch."""
     torch.manual_seed(spec.seed)
-    model = GPT(spec).to(device)
+    model = MODELS[spec.workload](spec).to(device)
     optimizer = make_optimizer(spec, model, device)
     set_lr(optimizer, spec.learning_rate)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
@@ -94,9 +110,40 @@ def trainer(spec, batch: int, steps: int, device, data_cache) -> tuple[float, fl
     return clock.rates((steps - WARMUP_STEPS) * batch * spec.seq_length, marks[WARMUP_STEPS - 1], marks[steps - 1])
 
 
+def data_parallel(spec, ranks: int, batch: int, steps: int, device, data_cache) -> float:
+    """Tokens/s of all ``ranks`` together: the median of rank 0's logged rates after WARMUP_STEPS."""
+    spec = spec.replace(gpus=ranks, target_effective_batch_size=batch * ranks,
+                        train_tokens=steps * batch * ranks * spec.seq_length)
+    with tempfile.TemporaryDirectory() as root:
+        spec_path = Path(root) / "spec.json"
+        spec_path.write_text(json.dumps(spec.to_dict()))
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        env = {**os.environ, "WORLD_SIZE": str(ranks), "LOCAL_WORLD_SIZE": str(ranks), "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port)}
+        if device.type == "cpu":
+            env.update(OMP_NUM_THREADS=str(torch.get_num_threads()), MKL_NUM_THREADS=str(torch.get_num_threads()))
+        if data_cache:
+            env["ORCHESTRATOR_DATA_CACHE"] = str(data_cache)
+        processes = [subprocess.Popen([sys.executable, "-m", "workloads.run", str(spec_path), "--results-dir", root],
+                                      env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                                      stdout=subprocess.DEVNULL)
+                     for r in range(ranks)]
+        codes = [p.wait() for p in processes]
+        metrics = Path(root) / spec.folder_name / f"{spec.label}.csv"
+        if not metrics.exists():
+            raise SystemExit(f"the {ranks}-rank run wrote no metrics (exit codes {codes})")
+        with open(metrics, newline="") as handle:
+            rates = [float(r["tokens_per_s"]) for r in csv.DictReader(handle)
+                     if int(r["optimizer_step"]) > WARMUP_STEPS and not r["val_loss"]]
+    return statistics.median(rates)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--workload", choices=sorted(MODELS), default="transformer")
+    parser.add_argument("--width", type=int, default=64, help="the transformer's width or the LSTM's hidden size")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--batch", type=int, default=16)
@@ -106,12 +153,13 @@ def main() -> None:
     parser.add_argument("--partition", default="local")
     parser.add_argument("--peak-tflops", type=float, default=None, help="peak bf16 TFLOP/s (default: by GPU name)")
     parser.add_argument("--data-cache", default=None)
+    parser.add_argument("--ranks", type=int, default=1, help="also time the trainer as this many DDP processes")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    spec = make_spec("transformer", hidden_dim=args.width, num_layers=args.layers, seq_length=args.seq,
-                     label="throughput", folder_name="benchmark", partition=args.partition,
+    spec = make_spec(args.workload, hidden_dim=args.width, num_layers=args.layers, seq_length=args.seq,
+                     label="throughput", folder_name="benchmark", partition=args.partition, gpus=1,
                      target_effective_batch_size=args.batch, train_tokens=args.steps * args.batch * args.seq,
                      eval_interval_steps=args.steps, log_interval_steps=10, checkpoint_interval_steps=10 ** 9)
     data = TokenData.for_spec(spec, args.data_cache)  # tokenised once, outside the timings
@@ -120,7 +168,7 @@ def main() -> None:
         bare.append(bare_loop(spec, data, args.batch, args.steps, device))
         ours.append(trainer(spec, args.batch, args.steps, device, args.data_cache))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({args.threads} thread)"
-    print(f"device {name}; d={args.width} L={args.layers} T={args.seq} batch={args.batch}; "
+    print(f"device {name}; {args.workload} d={args.width} L={args.layers} T={args.seq} batch={args.batch}; "
           f"{spec.total_params:,} params; {args.steps} steps x {args.repeats} repeats")
     clocks = ["wall"] if device.type == "cuda" else ["wall", "cpu"]  # CPU time means nothing on a GPU
     for i, clock in enumerate(clocks):
@@ -133,12 +181,20 @@ def main() -> None:
     bare_tps, ours_tps = statistics.median(x[0] for x in bare), statistics.median(x[0] for x in ours)
     if device.type == "cuda":
         peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-        flops_per_token = 6 * spec.total_params + 12 * spec.num_layers * spec.seq_length * spec.hidden_dim
+        flops_per_token = 6 * spec.total_params
+        if spec.workload == "transformer":
+            flops_per_token += 12 * spec.num_layers * spec.seq_length * spec.hidden_dim
         if peak:
             print(f"MFU: trainer {ours_tps * flops_per_token / (peak * 1e12):.1%}, "
                   f"bare {bare_tps * flops_per_token / (peak * 1e12):.1%} of {peak:.0f} TFLOP/s bf16")
         else:
             print("MFU: unknown peak for this GPU; pass --peak-tflops")
+    if args.ranks > 1:
+        together = [data_parallel(spec, args.ranks, args.batch, args.steps, device, args.data_cache)
+                    for _ in range(args.repeats)]
+        print(f"wall time: trainer with {args.ranks} DDP ranks x batch {args.batch}: "
+              f"{statistics.median(together):,.0f} tok/s all ranks ({', '.join(f'{x:,.0f}' for x in together)}); "
+              f"{statistics.median(together) / ours_tps:.2f}x one process")
 
 
 if __name__ == "__main__":
