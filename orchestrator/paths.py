@@ -13,6 +13,7 @@ The results root is ``$ORCHESTRATOR_RESULTS_DIR`` or ``./results``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -64,20 +65,30 @@ class RunPaths:
         return self.run_dir / "logs"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temp file in the same directory, fsync, then rename over ``path``."""
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: str = "w"):
+    """A temp file in ``path``'s directory; on success it is fsynced and renamed over ``path``.
+
+    Readers see the old file or the whole new one, never a torn one; on error the temp
+    file is removed and ``path`` is untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, mode) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_file(path) as handle:
+        handle.write(text)
 
 
 def atomic_write_json(path: Path, data) -> None:

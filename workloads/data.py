@@ -27,12 +27,12 @@ import importlib.resources
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from orchestrator.errors import UsageError
+from orchestrator.paths import atomic_file
 from orchestrator.spec import BUILTIN_DATASETS
 
 VAL_FRACTION = 0.05
@@ -149,18 +149,9 @@ def load_tokens(dataset: str, tokenizer, cache: Path | None = None) -> np.ndarra
 
 
 def _build(files: list[Path], tokenizer, path: Path, hf_cache: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for texts in _texts(files, hf_cache):
-                out.write(np.asarray(tokenizer.encode("".join(texts)), dtype=tokenizer.dtype).tobytes())
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as out:
+        for texts in _texts(files, hf_cache):
+            out.write(np.asarray(tokenizer.encode("".join(texts)), dtype=tokenizer.dtype).tobytes())
 
 
 # ------------------------------------------------------------------ split, batches
