@@ -61,7 +61,7 @@ def test_quickstart_is_small_enough_for_a_laptop_cpu():
     specs = load_registry("QUICKSTART")
     assert {s.partition for s in specs} == {"local"}
     assert len({s.hidden_dim for s in specs}) >= 4 and len({s.tokens for s in specs}) >= 3
-    assert sum(s.tokens for s in specs) <= 20e6 and max(s.total_params for s in specs) <= 300_000
+    assert sum(s.tokens for s in specs) <= 30e6 and max(s.total_params for s in specs) <= 300_000
 
 
 def test_lstm_registry_uses_two_gpus():
