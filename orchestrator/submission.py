@@ -147,7 +147,7 @@ def execute(plan: Plan) -> manifest.Submission:
     os.environ["ORCHESTRATOR_RESULTS_DIR"] = str(results_root().resolve())
     fresh = {d.spec.identity for d in plan.decisions if d.fresh_start}
     records = []
-    for number, array in enumerate(plan.arrays):
+    for array in plan.arrays:
         tasks = []
         for index, spec in enumerate(array.specs):
             if spec.identity in fresh:
