@@ -55,21 +55,22 @@ class HuberLSE:
     parameter rows ``theta`` (S, 1+2K) of problems ``rows``.
 
     A study has a handful of model sizes and token budgets, so the power terms are
-    exponentiated once per distinct value and spread to the points (points are kept
-    sorted by the first covariate, so that spread is a cheap repeat). Rows are processed
-    in chunks that fit in cache. The log-sum-exp needs no max shift: the terms are log
-    losses, far from overflow at any sensible point (an overflowing trial step gives
-    inf and the line search rejects it).
+    exponentiated once per distinct value (level) and gathered to the points, and the
+    gradient's sums over points are taken per level with one matrix product against a
+    one-hot (point x level) matrix: per point there is only the log-sum-exp, the
+    residual and its Huber weight. Rows are processed in chunks that fit in cache. The
+    log-sum-exp needs no max shift: the terms are log losses, far from overflow at any
+    sensible point (an overflowing trial step gives inf and the line search rejects it).
     """
 
     def __init__(self, logx, logy, weights=None, delta=HUBER_DELTA):
-        logx = np.atleast_2d(np.asarray(logx, float))
-        order = np.argsort(logx[0], kind="stable")
-        self.logx, self.logy = logx[:, order], np.asarray(logy, float)[order]
-        self.weights = None if weights is None else np.asarray(weights, float)[:, order]
+        self.logx = np.atleast_2d(np.asarray(logx, float))
+        self.logy = np.asarray(logy, float)
+        self.weights = None if weights is None else np.asarray(weights, float)
         self.delta = delta
         self.levels, self.index = zip(*(np.unique(x, return_inverse=True) for x in self.logx))
-        self.first_counts = np.bincount(self.index[0])
+        self.onehot = np.hstack([np.eye(len(lv))[ix] for lv, ix in zip(self.levels, self.index)])
+        self.splits = np.cumsum([len(lv) for lv in self.levels])[:-1]
         self.chunk = max(16, 2**16 // self.logx.shape[1])
 
     def __call__(self, theta, rows=None):
@@ -81,30 +82,25 @@ class HuberLSE:
             for lo in range(0, theta.shape[0], self.chunk):
                 th = theta[lo:lo + self.chunk]
                 exp_e = np.exp(th[:, 0])
-                terms = []
-                for k in range(n_terms):
-                    at_levels = np.exp(th[:, 1 + k, None] - th[:, 1 + n_terms + k, None] * self.levels[k])
-                    terms.append(np.repeat(at_levels, self.first_counts, axis=1) if k == 0
-                                 else at_levels[:, self.index[k]])
-                total = terms[0] + exp_e[:, None]
-                for z in terms[1:]:
-                    total += z
+                at_levels = [np.exp(th[:, 1 + k, None] - th[:, 1 + n_terms + k, None] * self.levels[k])
+                             for k in range(n_terms)]
+                total = (at_levels[0] + exp_e[:, None])[:, self.index[0]]
+                for k in range(1, n_terms):
+                    total += at_levels[k][:, self.index[k]]
                 r = np.log(total)
                 r -= self.logy
                 clipped = np.clip(r, -self.delta, self.delta)  # Huber'(r)
-                if self.weights is None:  # Huber(r) = clipped * (r - clipped / 2)
-                    f[lo:lo + self.chunk] = (np.einsum("sp,sp->s", clipped, r)
-                                             - 0.5 * np.einsum("sp,sp->s", clipped, clipped))
-                else:
-                    r -= 0.5 * clipped
+                r -= 0.5 * clipped  # Huber(r) = clipped * (r - clipped / 2)
+                if self.weights is not None:
                     clipped *= self.weights[rows[lo:lo + self.chunk]]
-                    f[lo:lo + self.chunk] = np.einsum("sp,sp->s", clipped, r)
+                f[lo:lo + self.chunk] = np.einsum("sp,sp->s", clipped, r)
                 clipped /= total
-                g[lo:lo + self.chunk, 0] = exp_e * clipped.sum(axis=1)
-                for k, z in enumerate(terms):
-                    z *= clipped
+                per_level = np.split(clipped @ self.onehot, self.splits, axis=1)
+                g[lo:lo + self.chunk, 0] = exp_e * per_level[0].sum(axis=1)
+                for k, at in enumerate(at_levels):
+                    z = at * per_level[k]
                     g[lo:lo + self.chunk, 1 + k] = z.sum(axis=1)
-                    g[lo:lo + self.chunk, 1 + n_terms + k] = -(z @ self.logx[k])
+                    g[lo:lo + self.chunk, 1 + n_terms + k] = -(z @ self.levels[k])
         return f, g
 
 
