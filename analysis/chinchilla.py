@@ -265,7 +265,8 @@ class ScalingLawFit:
         if values.size == 0:
             return (float("nan"), float("nan"))
         tail = 50.0 * (1.0 - self.level)
-        lo, hi = np.percentile(values, [tail, 100.0 - tail])
+        with np.errstate(over="ignore", invalid="ignore"):  # interpolating between ~1e300 values
+            lo, hi = np.percentile(values, [tail, 100.0 - tail])
         return (float(lo), float(hi))
 
     def parameters(self) -> dict[str, dict[str, float]]:
@@ -369,4 +370,5 @@ def bootstrap_samples(logx, logy, restarts, n_resamples, seed, delta=HUBER_DELTA
     fun = np.where(np.isfinite(result.fun), result.fun, np.inf).reshape(n_resamples, n_restarts)
     best = result.x.reshape(n_resamples, n_restarts, -1)[np.arange(n_resamples), fun.argmin(axis=1)]
     e, a, b, alpha, beta = best.T
-    return np.column_stack([np.exp(e), np.exp(a), np.exp(b), alpha, beta])
+    with np.errstate(over="ignore"):  # a resample that runs off to A = inf is dropped by interval()
+        return np.column_stack([np.exp(e), np.exp(a), np.exp(b), alpha, beta])

@@ -66,7 +66,10 @@ def loss_vs_flops(analysis):
     c_min = float(curves["flops"][curves["flops"] > 0].min()) if len(curves) else float(runs["C"].min())
     c_line = np.geomspace(c_min, max(analysis.budgets + [float(runs["C"].max())]), 200)
     if analysis.law is not None:
-        ax.plot(c_line, analysis.law.law.loss_opt(c_line), color="black", lw=2,
+        # fitted on final losses: drawn from a decade below the smallest run, not from the
+        # first logged step, where its extrapolation means nothing
+        c_frontier = c_line[c_line >= float(runs["C"].min()) / 10]
+        ax.plot(c_frontier, analysis.law.law.loss_opt(c_frontier), color="black", lw=2,
                 label="Approach 3: compute-optimal frontier")
     if analysis.compute_law.reason is None:
         law = analysis.compute_law
@@ -142,7 +145,8 @@ def compute_optimal(analysis):
             if len(fit.samples):
                 band = allocation_arrays(fit.samples, c_line)[key]
                 tail = 50.0 * (1.0 - fit.level)
-                lo, hi = np.nanpercentile(band, [tail, 100.0 - tail], axis=0)
+                with np.errstate(over="ignore", invalid="ignore"):  # resamples that ran off to ~inf
+                    lo, hi = np.nanpercentile(band, [tail, 100.0 - tail], axis=0)
                 ax.fill_between(c_line, lo, hi, color="black", alpha=0.12,
                                 label=f"Approach 3, {fit.level:.0%} bootstrap interval")
             budgets = np.asarray(analysis.budgets)
