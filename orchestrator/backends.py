@@ -80,7 +80,9 @@ def make_executor(backend: str, folder: str, profile: Profile, resources: dict, 
 def default_parallel(backend: str) -> int | None:
     """Local runs use every CPU with one thread each; Slurm arrays are not throttled."""
     if backend in ("local", "debug"):
-        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+        from orchestrator.workers import available_cpus
+
+        return available_cpus()
     return None
 
 

@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from orchestrator.errors import UsageError
+from orchestrator.scheduler import SchedulerError
 
 # verb -> one-line help; the module is orchestrator.commands.<verb>
 COMMANDS = {
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except SchedulerError as exc:  # Slurm did not answer: not the user's typo, but no traceback either
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

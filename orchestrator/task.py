@@ -27,6 +27,7 @@ import submitit
 
 from orchestrator.paths import RunPaths, atomic_write_json, read_status
 from orchestrator.spec import load_spec
+from orchestrator.workers import available_cpus
 
 DEFAULT_MAX_REQUEUES = 3
 EXIT_REQUEUE = 75  # the trainer's "stopped with a checkpoint, run me again"
@@ -106,7 +107,7 @@ def run_local_array(spec_paths: list[str], parallel: int, max_requeues: int = DE
     stopping = []
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
     signal.signal(signal.SIGINT, lambda signum, frame: stopping.append(signum))
-    threads = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1) // max(1, parallel))
+    threads = max(1, available_cpus() // max(1, parallel))
     try:
         while (waiting or running) and not stopping:
             busy = sum(len(p) for p in running.values())

@@ -84,3 +84,20 @@ def test_the_cli_imports_no_heavy_module(verb):
     assert result.returncode == 0
     imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in result.stderr.splitlines()}
     assert not imported & {"torch", "pandas", "scipy", "matplotlib", "datasets", "numpy"}
+
+
+def test_a_scheduler_that_does_not_answer_is_one_line_not_a_traceback(tmp_path):
+    from orchestrator import manifest
+    from orchestrator.registry import load_registry
+
+    spec = load_registry("QUICKSTART")[0]
+    record = manifest.ArrayRecord(name="x", backend="slurm", resources={}, parallel=1, log_folder="", job_id="42",
+                                  tasks=[manifest.TaskRecord(0, spec.identity, spec.label, spec.folder_name, "s")])
+    submission = manifest.new_submission("QUICKSTART", [record])
+    submission.state = "submitted"
+    submission.save()
+    no_slurm = tmp_path / "bin"
+    no_slurm.mkdir()
+    result = cli("status", "QUICKSTART", env={"PATH": str(no_slurm)})
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "error: sacct not found: is Slurm installed on this machine?"
