@@ -35,6 +35,8 @@ GRID_LOG_COEFFICIENTS = np.arange(0.0, 25.1, 5.0)
 # objective is below 1) stops while the parameters are still moving.
 FTOL = 1e-12
 GTOL = 1e-9
+# a term with more distinct values than this is exponentiated per point, not gathered from levels
+MAX_GATHERED_LEVELS = 24
 
 
 def paper_grid(n_terms: int = 2) -> np.ndarray:
@@ -55,53 +57,131 @@ class HuberLSE:
     parameter rows ``theta`` (S, 1+2K) of problems ``rows``.
 
     A study has a handful of model sizes and token budgets, so the power terms are
-    exponentiated once per distinct value (level) and gathered to the points, and the
-    gradient's sums over points are taken per level with one matrix product against a
-    one-hot (point x level) matrix: per point there is only the log-sum-exp, the
-    residual and its Huber weight. Rows are processed in chunks that fit in cache. The
-    log-sum-exp needs no max shift: the terms are log losses, far from overflow at any
-    sensible point (an overflowing trial step gives inf and the line search rejects it).
+    exponentiated once per distinct value (level); per point there is only the
+    log-sum-exp, the residual and its Huber weight, and the gradient's sums over points
+    are taken per level. When the points form a grid of the levels (sizes x budgets,
+    one run per cell, at least half the cells present), the sum at every cell is one
+    broadcast add and the per-level sums are two small matrix products; absent cells
+    weigh 0. Otherwise the levels are gathered to the points and summed back with one
+    product against a one-hot (point x level) matrix, and a term with more levels than
+    ``MAX_GATHERED_LEVELS`` (token counts of an IsoFLOP design) is computed per point.
+    Rows are processed in chunks that fit in cache, in work arrays kept between calls
+    (so one instance serves one thread at a time). The log-sum-exp needs no max shift:
+    the terms are log losses, far from overflow at any sensible point (an overflowing
+    trial step gives inf and the line search rejects it).
     """
 
     def __init__(self, logx, logy, weights=None, delta=HUBER_DELTA):
-        self.logx = np.atleast_2d(np.asarray(logx, float))
-        self.logy = np.asarray(logy, float)
-        self.weights = None if weights is None else np.asarray(weights, float)
+        logx = np.atleast_2d(np.asarray(logx, float))
+        logy = np.asarray(logy, float)
+        weights = None if weights is None else np.atleast_2d(np.asarray(weights, float))
+        self.n_terms = logx.shape[0]
         self.delta = delta
-        self.levels, self.index = zip(*(np.unique(x, return_inverse=True) for x in self.logx))
-        self.onehot = np.hstack([np.eye(len(lv))[ix] for lv, ix in zip(self.levels, self.index)])
-        self.splits = np.cumsum([len(lv) for lv in self.levels])[:-1]
-        self.chunk = max(16, 2**16 // self.logx.shape[1])
+        self.levels, index = zip(*(np.unique(x, return_inverse=True) for x in logx))
+        self.shape = tuple(len(lv) for lv in self.levels)
+        cell = np.ravel_multi_index(index, self.shape)
+        self.grid = np.unique(cell).size == cell.size and 2 * cell.size >= np.prod(self.shape)
+        if self.grid:  # points scattered into the cells of the level grid
+            self.logy = np.zeros(np.prod(self.shape))
+            self.logy[cell] = logy
+            present = np.zeros(self.logy.size)
+            present[cell] = 1.0
+            if weights is not None:
+                self.weights = np.zeros((len(weights), self.logy.size))
+                self.weights[:, cell] = weights
+            else:
+                self.weights = None if present.all() else present
+        else:  # levels gathered to the points; a term with many levels is kept per point
+            self.logy, self.weights = logy, weights
+            self.index = [None if n > MAX_GATHERED_LEVELS else ix for n, ix in zip(self.shape, index)]
+            self.levels = [x if ix is None else lv for x, lv, ix in zip(logx, self.levels, self.index)]
+            gathered = [np.eye(len(lv))[ix] for lv, ix in zip(self.levels, self.index) if ix is not None]
+            self.onehot = np.hstack(gathered) if gathered else None
+        # for the grid: each term's levels as a middle axis, and the ones that sum the others away
+        self.axes = [(int(np.prod(self.shape[:k])), n, int(np.prod(self.shape[k + 1:])))
+                     for k, n in enumerate(self.shape)]
+        self.ones = [(np.ones(before), np.ones(after)) for before, _, after in self.axes]
+        self.broadcast = [(1,) * k + (n,) + (1,) * (self.n_terms - 1 - k) for k, n in enumerate(self.shape)]
+        self.chunk = max(16, 2**16 // self.logy.size)
+        self.buffers = np.empty((4, self.chunk, self.logy.size))
 
     def __call__(self, theta, rows=None):
         theta = np.asarray(theta, float)
-        n_terms = self.logx.shape[0]
+        K = self.n_terms
         f = np.empty(theta.shape[0])
         g = np.empty_like(theta)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            exp_e = np.exp(theta[:, 0])
+            at_levels = [np.exp(theta[:, 1 + k, None] - theta[:, 1 + K + k, None] * self.levels[k])
+                         for k in range(K)]
+            per_level = [np.empty_like(at) for at in at_levels]  # sums over points of Huber' / total
             for lo in range(0, theta.shape[0], self.chunk):
-                th = theta[lo:lo + self.chunk]
-                exp_e = np.exp(th[:, 0])
-                at_levels = [np.exp(th[:, 1 + k, None] - th[:, 1 + n_terms + k, None] * self.levels[k])
-                             for k in range(n_terms)]
-                total = (at_levels[0] + exp_e[:, None])[:, self.index[0]]
-                for k in range(1, n_terms):
-                    total += at_levels[k][:, self.index[k]]
-                r = np.log(total)
+                chunk = slice(lo, lo + self.chunk)
+                # work arrays reused across calls: no allocation (and no page faults) per chunk
+                total, r, clipped, weighted = (b[:len(exp_e[chunk])] for b in self.buffers)
+                self._sum_terms(exp_e[chunk], [at[chunk] for at in at_levels], total, r)
+                np.log(total, out=r)
                 r -= self.logy
-                clipped = np.clip(r, -self.delta, self.delta)  # Huber'(r)
-                r -= 0.5 * clipped  # Huber(r) = clipped * (r - clipped / 2)
-                if self.weights is not None:
-                    clipped *= self.weights[rows[lo:lo + self.chunk]]
-                f[lo:lo + self.chunk] = np.einsum("sp,sp->s", clipped, r)
-                clipped /= total
-                per_level = np.split(clipped @ self.onehot, self.splits, axis=1)
-                g[lo:lo + self.chunk, 0] = exp_e * per_level[0].sum(axis=1)
-                for k, at in enumerate(at_levels):
-                    z = at * per_level[k]
-                    g[lo:lo + self.chunk, 1 + k] = z.sum(axis=1)
-                    g[lo:lo + self.chunk, 1 + n_terms + k] = -(z @ self.levels[k])
+                np.clip(r, -self.delta, self.delta, out=clipped)  # Huber'(r)
+                if self.weights is None:
+                    weighted = clipped
+                else:
+                    weights = self.weights if self.weights.ndim == 1 else self.weights[rows[chunk]]
+                    np.multiply(clipped, weights, out=weighted)
+                # Huber(r) = clipped * (r - clipped / 2)
+                f[chunk] = np.einsum("sp,sp->s", weighted, r) - 0.5 * np.einsum("sp,sp->s", weighted, clipped)
+                weighted /= total
+                for sums, out in zip(self._level_sums(weighted), per_level):
+                    out[chunk] = sums
+            g[:, 0] = exp_e * per_level[0].sum(axis=1)
+            for k, (at, sums) in enumerate(zip(at_levels, per_level)):
+                at *= sums
+                g[:, 1 + k] = at.sum(axis=1)
+                g[:, 1 + K + k] = -(at @ self.levels[k])
         return f, g
+
+    def _sum_terms(self, exp_e, at_levels, total, scratch):
+        """E + the power terms at every point (or cell), into ``total`` (s, P)."""
+        if self.grid:
+            s = len(exp_e)
+            terms = (at_levels[0] + exp_e[:, None]).reshape(s, *self.broadcast[0])
+            for k in range(1, self.n_terms - 1):
+                terms = terms + at_levels[k].reshape(s, *self.broadcast[k])
+            if self.n_terms == 1:
+                total[:] = terms
+            else:
+                last = at_levels[-1].reshape(s, *self.broadcast[-1])
+                np.add(terms, last, out=total.reshape(s, *self.shape))
+            return
+        for k, (at, index) in enumerate(zip(at_levels, self.index)):
+            into = total if k == 0 else scratch
+            if index is None:
+                into[:] = at
+            else:
+                np.take(at, index, axis=1, out=into)
+            if k == 0:
+                total += exp_e[:, None]
+            else:
+                total += scratch
+
+    def _level_sums(self, values):
+        """Sums of ``values`` (s, P) over the points of each level of each term: [(s, n_k)]."""
+        out = []
+        if not self.grid:
+            sums = None if self.onehot is None else values @ self.onehot
+            start = 0
+            for levels, index in zip(self.levels, self.index):
+                if index is None:  # one level per point
+                    out.append(values)
+                else:
+                    out.append(sums[:, start:start + len(levels)])
+                    start += len(levels)
+            return out
+        for (before, n, after), (ones_before, ones_after) in zip(self.axes, self.ones):
+            v = values.reshape(len(values), before, n, after)
+            v = v @ ones_after if after > 1 else v[..., 0]  # (s, before, n)
+            out.append(ones_before @ v if before > 1 else v[:, 0])
+        return out
 
 
 def huber_lse(theta, logx, logy, weights=None, delta=HUBER_DELTA):

@@ -3,7 +3,8 @@
     python benchmarks/fit_speed.py [--points 250] [--seed 0] [--subsample 1]
 
 Both fit the same 250 synthetic runs (10 model sizes x 25 token budgets, the paper's
-parameters, 1% log-normal noise) from the same 4,500 starts of the paper's grid, with
+parameters, 1% log-normal noise; ``--scattered`` gives every run its own token count,
+so the objective cannot use the grid of levels) from the same 4,500 starts of the paper's grid, with
 the same stopping rule and tolerances and an analytic gradient, on one core each.
 Prints both times (ours: the median of --repeat runs), the speed-up and both optima.
 ``--subsample k`` runs the scipy loop on every k-th start only and scales its time up
@@ -30,12 +31,14 @@ from analysis.chinchilla import (ChinchillaLaw, minimize_grid, paper_grid,  # no
 PAPER = ChinchillaLaw(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 
 
-def synthetic(points: int, seed: int):
+def synthetic(points: int, seed: int, scattered: bool = False):
     sizes = max(2, round(np.sqrt(points / 2.5)))
     budgets = points // sizes
     N = np.repeat(np.logspace(7.5, 10, sizes), budgets)
     D = np.tile(np.logspace(9, 12, budgets), sizes)
     rng = np.random.default_rng(seed)
+    if scattered:  # every run its own token count (IsoFLOP-like designs)
+        D = D * np.exp(rng.uniform(-0.1, 0.1, D.size))
     loss = PAPER.loss(N, D) * np.exp(rng.normal(0.0, 0.01, N.size))
     return np.log(np.stack([N, D])), np.log(loss)
 
@@ -45,10 +48,12 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--subsample", type=int, default=1, help="scipy on every k-th start")
+    parser.add_argument("--scattered", action="store_true",
+                        help="jitter every run's token count: no grid of levels (the gathered layout)")
     parser.add_argument("--repeat", type=int, default=5, help="batched runs (the median counts)")
     args = parser.parse_args()
 
-    logx, logy = synthetic(args.points, args.seed)
+    logx, logy = synthetic(args.points, args.seed, args.scattered)
     grid = paper_grid(2)
     print(f"{logx.shape[1]} points, {len(grid)} starts")
 

@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 from scipy.optimize import minimize, minimize_scalar
 
-from analysis.chinchilla import (ChinchillaLaw, allocation_arrays, check_design, fit_scaling_law,
-                                 huber_lse, minimize_grid, paper_grid, scipy_reference)
+from analysis.chinchilla import (HUBER_DELTA, ChinchillaLaw, HuberLSE, allocation_arrays, check_design,
+                                 fit_scaling_law, huber_lse, minimize_grid, paper_grid, predict_log,
+                                 scipy_reference)
 from analysis.lbfgs import minimize_batch
 
 PAPER = ChinchillaLaw(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
@@ -30,18 +31,45 @@ def test_paper_grid_is_the_papers_4500_starts():
     assert sorted(set(a)) == sorted(set(b)) == [0.0, 5.0, 10.0, 15.0, 20.0, 25.0]
 
 
-def test_objective_gradient_matches_finite_differences():
-    data = design(PAPER)
-    logx, logy = np.log(data[["N", "D"]].to_numpy().T), np.log(data["loss"].to_numpy())
+def _designs():
+    """(name, logx, logy, uses the cell grid) for each layout HuberLSE has."""
+    grid = design(PAPER, sizes=6, budgets=7, noise=0.01)
+    logx, logy = np.log(grid[["N", "D"]].to_numpy().T), np.log(grid["loss"].to_numpy())
+    rng = np.random.default_rng(4)
+    partial = np.sort(rng.choice(logy.size, 30, replace=False))  # 30 of 42 cells
+    N = np.repeat(np.geomspace(1e7, 1e9, 5), 6)
+    D = 1e19 / (6 * N) * np.exp(rng.normal(0, 0.3, 30))  # IsoFLOP-like: every D its own level
+    scattered = np.log(np.stack([N, D])), np.log(PAPER.loss(N, D))
+    repeated = np.hstack([logx, logx[:, :10]]), np.hstack([logy, logy[:10] + 0.01])  # seeds
+    return [("full grid", logx, logy, True), ("partial grid", logx[:, partial], logy[partial], True),
+            ("scattered", *scattered, False), ("repeated runs", *repeated, False),
+            ("one term", logx[:1, ::7], logy[::7], True), ("one term, repeated", logx[:1], logy, False)]
+
+
+@pytest.mark.parametrize("name, logx, logy, on_grid", _designs(), ids=[d[0] for d in _designs()])
+def test_objective_and_gradient_on_every_layout(name, logx, logy, on_grid):
+    """The cell-grid and the gathered layouts give the plain per-point Huber sum and its gradient."""
+    objective = HuberLSE(logx, logy)
+    assert objective.grid == on_grid
+    if name == "scattered":  # 5 sizes gathered from their levels, 30 token counts kept per point
+        assert objective.index[0] is not None and objective.index[1] is None
+    n_terms = logx.shape[0]
     theta = np.array([[0.4, 6.0, 5.5, 0.35, 0.3], [0.6, 5.0, 6.5, 0.3, 0.25]])
+    theta = theta[:, [0, 1, 3]] if n_terms == 1 else theta
     weights = np.random.default_rng(1).integers(0, 3, (2, logy.size)).astype(float)
-    f, g = huber_lse(theta, logx, logy, weights)
-    step = 1e-7
-    for j in range(5):
-        shifted = theta.copy()
-        shifted[:, j] += step
-        numeric = (huber_lse(shifted, logx, logy, weights)[0] - f) / step
-        np.testing.assert_allclose(g[:, j], numeric, rtol=1e-4, atol=1e-9)
+    for w in (None, weights):
+        f, g = huber_lse(theta, logx, logy, w)
+        for i, row in enumerate(theta):
+            r = predict_log(row, logx) - logy
+            huber = np.where(np.abs(r) <= HUBER_DELTA, 0.5 * r**2, HUBER_DELTA * (np.abs(r) - 0.5 * HUBER_DELTA))
+            assert f[i] == pytest.approx(np.sum(huber * (1.0 if w is None else w[i])), rel=1e-12)
+        step = 1e-6
+        for j in range(theta.shape[1]):
+            up, down = theta.copy(), theta.copy()
+            up[:, j] += step
+            down[:, j] -= step
+            numeric = (huber_lse(up, logx, logy, w)[0] - huber_lse(down, logx, logy, w)[0]) / (2 * step)
+            np.testing.assert_allclose(g[:, j], numeric, rtol=1e-5, atol=1e-10)
 
 
 def test_batched_lbfgs_solves_many_rosenbrocks_like_scipy():
@@ -106,9 +134,13 @@ def test_the_fit_is_deterministic():
     np.testing.assert_array_equal(first.samples, second.samples)
 
 
-def test_batched_optimum_is_no_worse_than_a_per_start_scipy_loop():
+@pytest.mark.parametrize("layout", ["grid", "scattered"])
+def test_batched_optimum_is_no_worse_than_a_per_start_scipy_loop(layout):
     data = design(PAPER, sizes=5, budgets=6, noise=0.01, seed=1)
+    if layout == "scattered":  # every run its own token count: the gathered layout
+        data["D"] *= np.exp(np.random.default_rng(2).normal(0, 0.2, len(data)))
     logx, logy = np.log(data[["N", "D"]].to_numpy().T), np.log(data["loss"].to_numpy())
+    assert HuberLSE(logx, logy).grid == (layout == "grid")
     small_grid = paper_grid(2)[::90]  # 50 starts spread over the paper's grid
     ours = minimize_grid(logx, logy, small_grid)
     theta, objective = scipy_reference(logx, logy, small_grid)
