@@ -199,6 +199,36 @@ def predict_log(theta, logx):
     return np.logaddexp.reduce(np.array(terms), axis=0)
 
 
+def minimize_starts(logx, logy, starts, *, weights=None, problem_of=None, delta=HUBER_DELTA,
+                    ftol=FTOL, gtol=GTOL):
+    """Batched L-BFGS from every row of ``starts`` ([e, a.., alpha..]), in standardised covariates.
+
+    Each log covariate is centred and scaled to unit spread: a - alpha log x =
+    (a - alpha m) - (alpha s) (log x - m) / s, so the same law has the coordinates
+    a' = a - alpha m, alpha' = alpha s there. In the paper's coordinates a and alpha are
+    strongly correlated (log N ~ 20, spread ~ 2), and L-BFGS, which is not invariant to
+    such a change of coordinates, needs ~10 % fewer evaluations in the standardised ones.
+    The starts are mapped in exactly and the endpoints back, so the grid and the objective
+    values are the paper's. ``weights`` (R, P) with ``problem_of`` (S,) give start i the
+    point weights of problem ``problem_of[i]`` (the bootstrap). ``gtol`` applies to the
+    gradient in the standardised coordinates. Returns the ``BatchResult``.
+    """
+    logx = np.atleast_2d(np.asarray(logx, float))
+    K = logx.shape[0]
+    center = logx.mean(axis=1)
+    scale = logx.std(axis=1)
+    scale[scale == 0] = 1.0
+    objective = HuberLSE((logx - center[:, None]) / scale[:, None], logy, weights, delta)
+    fun = objective if problem_of is None else (lambda x, rows: objective(x, problem_of[rows]))
+    x0 = np.array(starts, float)
+    x0[:, 1:1 + K] -= x0[:, 1 + K:] * center
+    x0[:, 1 + K:] *= scale
+    result = minimize_batch(fun, x0, ftol=ftol, gtol=gtol)
+    result.x[:, 1 + K:] /= scale
+    result.x[:, 1:1 + K] += result.x[:, 1 + K:] * center
+    return result
+
+
 @dataclasses.dataclass
 class GridFit:
     """The best of a batched grid minimisation, with the other basins it found."""
@@ -212,7 +242,7 @@ class GridFit:
 def minimize_grid(logx, logy, starts, *, delta=HUBER_DELTA, ftol=FTOL, gtol=GTOL,
                   n_optima=5) -> GridFit:
     """Run L-BFGS from every start at once and keep the best endpoint."""
-    result = minimize_batch(HuberLSE(logx, logy, delta=delta), starts, ftol=ftol, gtol=gtol)
+    result = minimize_starts(logx, logy, starts, delta=delta, ftol=ftol, gtol=gtol)
     fun = np.where(np.isfinite(result.fun), result.fun, np.inf)
     order = np.argsort(fun, kind="stable")
     optima = []
@@ -445,8 +475,7 @@ def bootstrap_samples(logx, logy, restarts, n_resamples, seed, delta=HUBER_DELTA
     n_restarts = len(restarts)
     starts = np.tile(restarts, (n_resamples, 1))
     resample_of = np.repeat(np.arange(n_resamples), n_restarts)
-    objective = HuberLSE(logx, logy, counts, delta=delta)
-    result = minimize_batch(lambda x, rows: objective(x, resample_of[rows]), starts, ftol=FTOL, gtol=GTOL)
+    result = minimize_starts(logx, logy, starts, weights=counts, problem_of=resample_of, delta=delta)
     fun = np.where(np.isfinite(result.fun), result.fun, np.inf).reshape(n_resamples, n_restarts)
     best = result.x.reshape(n_resamples, n_restarts, -1)[np.arange(n_resamples), fun.argmin(axis=1)]
     e, a, b, alpha, beta = best.T
