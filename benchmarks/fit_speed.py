@@ -1,14 +1,14 @@
 """Time the full-grid Approach 3 fit: batched L-BFGS against a per-start scipy loop.
 
-    python benchmarks/fit_speed.py [--points 250] [--seed 0] [--subsample 1]
+    python benchmarks/fit_speed.py [--points 250] [--seed 0] [--scattered] [--subsample 1]
 
 Both fit the same 250 synthetic runs (10 model sizes x 25 token budgets, the paper's
-parameters, 1% log-normal noise; ``--scattered`` gives every run its own token count,
-so the objective cannot use the grid of levels) from the same 4,500 starts of the paper's grid, with
-the same stopping rule and tolerances and an analytic gradient, on one core each.
-Prints both times (ours: the median of --repeat runs), the speed-up and both optima.
-``--subsample k`` runs the scipy loop on every k-th start only and scales its time up
-(for a quick look; the default runs it on the whole grid).
+parameters, 1% log-normal noise) from the same 4,500 starts of the paper's grid, with the
+same stopping rule and tolerances and an analytic gradient, on one core each.
+``--scattered`` gives every run its own token count, so that the objective cannot use the
+grid of levels (an IsoFLOP-like design). Prints both times (ours: the median of --repeat
+runs), the speed-up and both optima. ``--subsample k`` runs the scipy loop on every k-th
+start only and scales its time up (for a quick look; the default runs the whole grid).
 """
 
 from __future__ import annotations
