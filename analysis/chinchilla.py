@@ -97,6 +97,7 @@ class HuberLSE:
             self.levels = [x if ix is None else lv for x, lv, ix in zip(logx, self.levels, self.index)]
             gathered = [np.eye(len(lv))[ix] for lv, ix in zip(self.levels, self.index) if ix is not None]
             self.onehot = np.hstack(gathered) if gathered else None
+        self.per_point = [not self.grid and self.index[k] is None for k in range(self.n_terms)]
         # for the grid: each term's levels as a middle axis, and the ones that sum the others away
         self.axes = [(int(np.prod(self.shape[:k])), n, int(np.prod(self.shape[k + 1:])))
                      for k, n in enumerate(self.shape)]
@@ -112,14 +113,20 @@ class HuberLSE:
         g = np.empty_like(theta)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             exp_e = np.exp(theta[:, 0])
-            at_levels = [np.exp(theta[:, 1 + k, None] - theta[:, 1 + K + k, None] * self.levels[k])
+            # power terms per level for the whole batch; terms kept per point, chunk by chunk
+            at_levels = [None if self.per_point[k] else
+                         np.exp(theta[:, 1 + k, None] - theta[:, 1 + K + k, None] * self.levels[k])
                          for k in range(K)]
-            per_level = [np.empty_like(at) for at in at_levels]  # sums over points of Huber' / total
+            per_level = [None if at is None else np.empty_like(at) for at in at_levels]
+            point_sums = np.empty(theta.shape[0])  # sum over points of Huber' / total
             for lo in range(0, theta.shape[0], self.chunk):
                 chunk = slice(lo, lo + self.chunk)
+                th = theta[chunk]
+                at_chunk = [np.exp(th[:, 1 + k, None] - th[:, 1 + K + k, None] * self.levels[k])
+                            if at is None else at[chunk] for k, at in enumerate(at_levels)]
                 # work arrays reused across calls: no allocation (and no page faults) per chunk
-                total, r, clipped, weighted = (b[:len(exp_e[chunk])] for b in self.buffers)
-                self._sum_terms(exp_e[chunk], [at[chunk] for at in at_levels], total, r)
+                total, r, clipped, weighted = (b[:len(th)] for b in self.buffers)
+                self._sum_terms(exp_e[chunk], at_chunk, total, r)
                 np.log(total, out=r)
                 r -= self.logy
                 np.clip(r, -self.delta, self.delta, out=clipped)  # Huber'(r)
@@ -131,13 +138,21 @@ class HuberLSE:
                 # Huber(r) = clipped * (r - clipped / 2)
                 f[chunk] = np.einsum("sp,sp->s", weighted, r) - 0.5 * np.einsum("sp,sp->s", weighted, clipped)
                 weighted /= total
-                for sums, out in zip(self._level_sums(weighted), per_level):
-                    out[chunk] = sums
-            g[:, 0] = exp_e * per_level[0].sum(axis=1)
+                for k, sums in enumerate(self._level_sums(weighted)):
+                    if k == 0:
+                        point_sums[chunk] = sums.sum(axis=1)
+                    if per_level[k] is not None:
+                        per_level[k][chunk] = sums
+                    else:  # a per-point term: its gradient now, while the chunk is in cache
+                        z = at_chunk[k] * sums
+                        g[chunk, 1 + k] = z.sum(axis=1)
+                        g[chunk, 1 + K + k] = -(z @ self.levels[k])
+            g[:, 0] = exp_e * point_sums
             for k, (at, sums) in enumerate(zip(at_levels, per_level)):
-                at *= sums
-                g[:, 1 + k] = at.sum(axis=1)
-                g[:, 1 + K + k] = -(at @ self.levels[k])
+                if at is not None:
+                    at *= sums
+                    g[:, 1 + k] = at.sum(axis=1)
+                    g[:, 1 + K + k] = -(at @ self.levels[k])
         return f, g
 
     def _sum_terms(self, exp_e, at_levels, total, scratch):
