@@ -91,18 +91,19 @@ class HuberLSE:
                 self.weights[:, cell] = weights
             else:
                 self.weights = None if present.all() else present
+            # each term's levels as a middle axis, and the ones that sum the other axes away
+            self.axes = [(int(np.prod(self.shape[:k])), n, int(np.prod(self.shape[k + 1:])))
+                         for k, n in enumerate(self.shape)]
+            self.ones = [(np.ones(before), np.ones(after)) for before, _, after in self.axes]
+            self.broadcast = [(1,) * k + (n,) + (1,) * (self.n_terms - 1 - k) for k, n in enumerate(self.shape)]
+            self.per_point = [False] * self.n_terms
         else:  # levels gathered to the points; a term with many levels is kept per point
             self.logy, self.weights = logy, weights
             self.index = [None if n > MAX_GATHERED_LEVELS else ix for n, ix in zip(self.shape, index)]
             self.levels = [x if ix is None else lv for x, lv, ix in zip(logx, self.levels, self.index)]
             gathered = [np.eye(len(lv))[ix] for lv, ix in zip(self.levels, self.index) if ix is not None]
             self.onehot = np.hstack(gathered) if gathered else None
-        self.per_point = [not self.grid and self.index[k] is None for k in range(self.n_terms)]
-        # for the grid: each term's levels as a middle axis, and the ones that sum the others away
-        self.axes = [(int(np.prod(self.shape[:k])), n, int(np.prod(self.shape[k + 1:])))
-                     for k, n in enumerate(self.shape)]
-        self.ones = [(np.ones(before), np.ones(after)) for before, _, after in self.axes]
-        self.broadcast = [(1,) * k + (n,) + (1,) * (self.n_terms - 1 - k) for k, n in enumerate(self.shape)]
+            self.per_point = [ix is None for ix in self.index]
         self.chunk = max(16, 2**16 // self.logy.size)
         self.buffers = np.empty((4, self.chunk, self.logy.size))
 

@@ -32,7 +32,7 @@ def test_paper_grid_is_the_papers_4500_starts():
 
 
 def _designs():
-    """(name, logx, logy, uses the cell grid) for each layout HuberLSE has."""
+    """(name, logx, logy, uses the cell grid), one ``pytest.param`` per layout HuberLSE has."""
     grid = design(PAPER, sizes=6, budgets=7, noise=0.01)
     logx, logy = np.log(grid[["N", "D"]].to_numpy().T), np.log(grid["loss"].to_numpy())
     rng = np.random.default_rng(4)
@@ -41,12 +41,13 @@ def _designs():
     D = 1e19 / (6 * N) * np.exp(rng.normal(0, 0.3, 30))  # IsoFLOP-like: every D its own level
     scattered = np.log(np.stack([N, D])), np.log(PAPER.loss(N, D))
     repeated = np.hstack([logx, logx[:, :10]]), np.hstack([logy, logy[:10] + 0.01])  # seeds
-    return [("full grid", logx, logy, True), ("partial grid", logx[:, partial], logy[partial], True),
-            ("scattered", *scattered, False), ("repeated runs", *repeated, False),
-            ("one term", logx[:1, ::7], logy[::7], True), ("one term, repeated", logx[:1], logy, False)]
+    designs = [("full grid", logx, logy, True), ("partial grid", logx[:, partial], logy[partial], True),
+               ("scattered", *scattered, False), ("repeated runs", *repeated, False),
+               ("one term", logx[:1, ::7], logy[::7], True), ("one term, repeated", logx[:1], logy, False)]
+    return [pytest.param(*d, id=d[0]) for d in designs]
 
 
-@pytest.mark.parametrize("name, logx, logy, on_grid", _designs(), ids=[d[0] for d in _designs()])
+@pytest.mark.parametrize("name, logx, logy, on_grid", _designs())
 def test_objective_and_gradient_on_every_layout(name, logx, logy, on_grid):
     """The cell-grid and the gathered layouts give the plain per-point Huber sum and its gradient."""
     objective = HuberLSE(logx, logy)
