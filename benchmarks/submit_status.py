@@ -1,13 +1,14 @@
 """Plan and submit a 1,000-experiment registry as arrays, then get status for all of them.
 
 Needs the local Slurm (``bash slurm_templates/local_cluster.sh start``, as root). Jobs are
-submitted held (``--hold``) so nothing runs; they are cancelled at the end.
+submitted held (``--hold``, as always) and not released, so nothing runs; they are cancelled at the end.
 
 Baselines measured in the same run: submitit's own ``map_array`` of 1,000 trivial tasks
 (submit time), and one bare ``sacct`` for the array. Reported for ours: wall time, the
 number of scheduler calls, the time spent inside them, and our own time (the rest).
 Target: status of 1,000 tasks costs one sacct call (plus one squeue) and well under 2 s
-of our own time.
+of our own time. First, without Slurm, ``show`` and ``list`` of the same registry as CLI
+processes (``expand_show.py``, which also runs on its own).
 
     python benchmarks/submit_status.py [--experiments 1000]
 """
@@ -20,11 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REGISTRY = """
-from experiments import gen_experim
-BENCH = [s for i in range({n}) for s in gen_experim(16, label=f"bench_{{i:04d}}", folder_name="bench", seed=i,
-         seq_length=32, target_effective_batch_size=8, train_tokens=4096, time_min=10, mem_gb=1, cpus_per_gpu=1)]
-"""
+import expand_show
+from expand_show import REGISTRY
 
 
 class CallCounter:
@@ -59,16 +57,17 @@ def main():
     os.environ["ORCHESTRATOR_RESULTS_DIR"] = str(work / "results")
     os.environ["ORCHESTRATOR_CONFIG_DIR"] = str(work / "config")
     (work / "bench_registry.py").write_text(REGISTRY.format(n=args.experiments))
+    print("\n".join(expand_show.measure(work / "bench_registry.py", args.experiments)), flush=True)
 
     import submitit
 
-    from orchestrator import backends, scheduler, submission
+    from orchestrator import scheduler, submission
     from orchestrator.commands.status import collect
     from orchestrator.registry import load_registry
 
-    # hold every job so that nothing runs while we measure
-    plain_parameters = backends.slurm_parameters
-    backends.slurm_parameters = lambda *a, **k: {**plain_parameters(*a, **k), "additional_parameters": {"hold": True}}
+    # arrays are submitted held; keep them held (no release) so that nothing runs while we measure
+    release = scheduler.release
+    scheduler.release = lambda *a, **k: None
     counter = CallCounter(scheduler)
     job_ids = []
     try:
@@ -107,7 +106,7 @@ def main():
         sacct_s = time.perf_counter() - start
     finally:
         scheduler._run = counter.original
-        backends.slurm_parameters = plain_parameters
+        scheduler.release = release
         if job_ids:
             subprocess.run(["scancel", *job_ids], check=False)
 
@@ -126,6 +125,11 @@ def main():
     print(f"baseline bare sacct for the array: {sacct_s:.3f} s; ours status {status_s:.3f} s = "
           f"{status_s / sacct_s:.1f}x, of which our own time {status_s - status_sched_s:.3f} s "
           f"(target < 2 s, one sacct call: {'OK' if status_calls.count('sacct') == 1 else 'NO'})")
+    print(f"plan + submit / bare map_array = {(plan_s + submit_s) / submitit_s:.1f}x (target <= 2x)")
+    print(f"status / bare sacct = {status_s / sacct_s:.1f}x (target <= 3x)")
+    one_each = sorted(status_calls) == ["sacct", "squeue"]
+    print(f"status scheduler calls: {len(status_calls)} ({', '.join(status_calls)}; "
+          f"target one sacct + one squeue: {'OK' if one_each else 'NO'})")
 
 
 if __name__ == "__main__":

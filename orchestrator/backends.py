@@ -1,46 +1,81 @@
 """How an array of tasks is handed to something that runs it.
 
 - ``slurm``: submitit's SlurmExecutor, one job array per resource group (``map_array``).
+  Arrays are submitted held (``--hold``): the submitter records their ids first, then
+  releases them, so no task starts before its submission is on disk.
 - ``local``: submitit's LocalExecutor runs one job per array on this machine, which runs
   the tasks a few at a time (``orchestrator.task.run_local_array``). The embedded default
-  when there is no ``sbatch`` on PATH.
+  when no Slurm controller answers.
 - ``debug``: in this process, one task after the other, so breakpoints work.
+
+Both real backends run a code snapshot when given one (``code_dir``, see
+``orchestrator.snapshot``): Slurm jobs through lines in the sbatch script, local jobs
+through the environment they inherit at submit time (``code_environment``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
 from orchestrator.errors import UsageError, unknown
 from orchestrator.profiles import Profile
+from orchestrator.scheduler import SchedulerError
+from orchestrator.snapshot import pythonpath
 
 BACKENDS = ("auto", "slurm", "local", "debug")
 
 
 def resolve_backend(name: str, partitions=()) -> tuple[str, str]:
-    """(backend, why). auto: local for local-only partitions or without sbatch, else slurm."""
+    """(backend, why). auto: slurm when sbatch is on PATH and its controller answers, else local.
+
+    ``sbatch`` alone is not enough: a stopped local Slurm leaves it on PATH with nobody
+    behind it. An explicit ``slurm`` with no controller is an error, not a quiet fallback.
+    """
     from orchestrator.profiles import get_profile
 
     if name not in BACKENDS:
         raise unknown("backend", name, BACKENDS)
     if name == "auto":
-        if not shutil.which("sbatch"):
-            return "local", "auto: no sbatch on PATH"
         if partitions and all(get_profile(p).backend == "local" for p in partitions):
             return "local", "auto: only local partitions"
-        return "slurm", "auto: sbatch found"
-    if name == "slurm" and not shutil.which("sbatch"):
-        raise UsageError("backend 'slurm' needs sbatch on PATH; use --backend local to run on this machine")
+        if not shutil.which("sbatch"):
+            return "local", "auto: no sbatch on PATH"
+        try:
+            ping_controller()
+        except SchedulerError:
+            return "local", ("auto: sbatch found but no Slurm controller answers (scontrol ping); "
+                             "running on this machine")
+        return "slurm", "auto: sbatch found and the Slurm controller answers"
+    if name == "slurm":
+        if not shutil.which("sbatch"):
+            raise UsageError("backend 'slurm' needs sbatch on PATH; use --backend local to run on this machine")
+        ping_controller()
     return name, "requested"
 
 
-def slurm_parameters(profile: Profile, resources: dict, parallel: int, name: str, max_requeues: int) -> dict:
-    """submitit SlurmExecutor parameters for one array: one task per GPU on one node."""
+def ping_controller(timeout_s: float = 10) -> None:
+    """Raise SchedulerError unless ``scontrol ping`` says a slurmctld is UP."""
+    try:
+        result = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=timeout_s)
+    except FileNotFoundError:
+        raise SchedulerError("scontrol not found: is Slurm installed on this machine?") from None
+    except subprocess.TimeoutExpired:
+        raise SchedulerError(f"no Slurm controller answers: scontrol ping took over {timeout_s:.0f} s") from None
+    if "is UP" not in result.stdout:  # older Slurm says DOWN with exit status 0
+        said = result.stdout.strip() or result.stderr.strip() or f"exit status {result.returncode}"
+        raise SchedulerError(f"no Slurm controller answers: scontrol ping: {' '.join(said.split())}")
+
+
+def slurm_parameters(profile: Profile, resources: dict, parallel: int, name: str, max_requeues: int,
+                     code_dir: Path | None = None) -> dict:
+    """submitit SlurmExecutor parameters for one array: one task per GPU on one node, held."""
     gpus = resources["gpus"]
     params = {
         "partition": profile.name,
@@ -52,7 +87,10 @@ def slurm_parameters(profile: Profile, resources: dict, parallel: int, name: str
         "ntasks_per_node": gpus,
         "array_parallelism": parallel,
         "signal_delay_s": 90,
+        "additional_parameters": {"hold": True},  # released once the submission records the job ids
     }
+    if code_dir is not None:
+        params["setup"] = code_setup(code_dir)
     if profile.account:
         params["account"] = profile.account
     if profile.gpu_request == "gres":
@@ -62,14 +100,49 @@ def slurm_parameters(profile: Profile, resources: dict, parallel: int, name: str
     return params
 
 
+def code_setup(code_dir: Path) -> list[str]:
+    """sbatch lines that make the job import from ``code_dir`` (what ``code_environment`` does locally).
+
+    PYTHONSAFEPATH keeps the job's working directory (the submitter's, often the checkout)
+    off sys.path, where it would come before PYTHONPATH.
+    """
+    return [f"export PYTHONPATH={shlex.quote(str(code_dir))}${{PYTHONPATH:+:$PYTHONPATH}}",
+            "export PYTHONSAFEPATH=1"]
+
+
+@contextlib.contextmanager
+def code_environment(code_dir: Path | None):
+    """Processes started inside import from ``code_dir``: a local job copies ``os.environ``
+    when it starts, and its trainers copy the job's. Restored on exit; ``None`` changes nothing.
+    """
+    if code_dir is None:
+        yield
+        return
+    saved = {key: os.environ.get(key) for key in ("PYTHONPATH", "PYTHONSAFEPATH")}
+    os.environ["PYTHONPATH"] = pythonpath(code_dir, saved["PYTHONPATH"])
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def make_executor(backend: str, folder: str, profile: Profile, resources: dict, parallel: int, name: str,
-                  max_requeues: int):
+                  max_requeues: int, code_dir: Path | None = None):
+    """``code_dir`` is for slurm; a local job takes it from the environment: submit it inside
+    ``code_environment`` (a local executor has no script to put it in)."""
     import submitit
 
     if backend == "slurm":
         executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=max_requeues)
-        executor.update_parameters(**slurm_parameters(profile, resources, parallel, name, max_requeues))
+        executor.update_parameters(**slurm_parameters(profile, resources, parallel, name, max_requeues, code_dir))
         return executor
+    if code_dir is not None:
+        raise ValueError("a local job runs a snapshot by being submitted inside code_environment(code_dir)")
     if backend == "local":
         executor = submitit.LocalExecutor(folder=folder, max_num_timeout=max_requeues)
         executor.update_parameters(timeout_min=resources["time_min"] * max(1, resources.get("tasks", 1)))
@@ -87,11 +160,11 @@ def default_parallel(backend: str) -> int | None:
 
 
 def sbatch_script(profile: Profile, resources: dict, parallel: int, name: str, n_tasks: int, max_requeues: int,
-                  folder: str = "<log folder>") -> str:
+                  folder: str = "<log folder>", code_dir: Path | None = None) -> str:
     """The sbatch script submitit writes for this array (what --dry-run shows, what golden files pin)."""
     from submitit.slurm.slurm import _make_sbatch_string
 
-    params = slurm_parameters(profile, resources, parallel, name, max_requeues)
+    params = slurm_parameters(profile, resources, parallel, name, max_requeues, code_dir)
     return _make_sbatch_string(command="<python> -u -m submitit.core._submit <folder>", folder=folder,
                                map_count=n_tasks, **params)
 

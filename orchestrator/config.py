@@ -21,7 +21,14 @@ CONFIG_KEYS = ("registry_modules", "sync_remote")
 
 
 def config_dir() -> Path:
-    return Path(os.environ.get("ORCHESTRATOR_CONFIG_DIR") or Path.home() / ".config" / "orchestrator")
+    return _config_dir(os.environ.get("ORCHESTRATOR_CONFIG_DIR", ""), os.environ.get("HOME", ""))
+
+
+@functools.lru_cache(maxsize=None)
+def _config_dir(from_environment: str, home: str) -> Path:
+    # Keyed by the two variables it reads: every spec asks, through its partition's profile,
+    # and building the Path each time was most of the cost of a cached profile look-up.
+    return Path(from_environment or Path.home() / ".config" / "orchestrator")
 
 
 def read_yaml(path: Path) -> dict:

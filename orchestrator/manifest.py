@@ -4,12 +4,17 @@ One JSON file per ``submit`` call, next to the results so any later shell (or an
 machine on the shared filesystem) can read it:
 
     <results>/_submissions/<REGISTRY>/<submission id>.json
-    <results>/_submissions/<REGISTRY>.lock      held while a submit of REGISTRY runs
+    <results>/_submissions/.lock        held while any submit plans and submits
 
 A record is written with ``state: "submitting"`` before sbatch is called and rewritten
-with the job ids (``"submitted"``) right after. A record left in "submitting" means the
-process died in between: the next call looks the jobs up by their unique name and
-repairs the record, or marks it "abandoned" when sbatch never ran.
+with the job ids (``"submitted"``) right after; Slurm arrays are submitted held and
+released only then. A record left in "submitting" means the process died in between:
+the next call looks the jobs up by their unique name, puts submitit's job pickles in
+place, records and releases them, or marks the record "abandoned" when sbatch never ran.
+
+Each run directory also gets ``submission.json`` (an ``Attempt``): its latest submission
+from whichever registry, so every registry sees who trains the directory. A record that
+cannot be read is reported once by path and skipped; it is never deleted or rewritten.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+from orchestrator.errors import report_unreadable
 from orchestrator.paths import atomic_write_json, results_root
 
 
@@ -49,6 +55,8 @@ class ArrayRecord:
     log_folder: str            # submitit's folder for this array (pickles, stdout/stderr)
     tasks: list[TaskRecord]
     job_id: str | None = None  # the array's id (slurm) or the runner's pid (local)
+    max_requeues: int = 3
+    code_dir: str | None = None  # the code snapshot the jobs run (None: the installed code)
 
     def task_job_id(self, task: TaskRecord) -> str:
         return task.job_id or f"{self.job_id}_{task.index}"
@@ -74,9 +82,53 @@ class Submission:
 
     @classmethod
     def load(cls, path: Path) -> Submission:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_bytes())
         arrays = [ArrayRecord(**{**a, "tasks": [TaskRecord(**t) for t in a["tasks"]]}) for a in data.pop("arrays")]
         return cls(**data, arrays=arrays)
+
+    @property
+    def folder(self) -> Path:
+        """Where this submission's logs and code snapshot live."""
+        return Path(self.arrays[0].log_folder).parent if self.arrays else submissions_dir(self.registry)
+
+
+@dataclasses.dataclass
+class Attempt:
+    """What was last asked of a scheduler for one run directory (its ``submission.json``)."""
+    registry: str
+    submission: str
+    created: str
+    backend: str
+    name: str                  # the array's unique job name
+    log_folder: str
+    index: int                 # array index of the task
+    array_tasks: int
+    identity: str
+    job_id: str | None = None  # the task's job id; None until sbatch's answer is recorded
+
+    @classmethod
+    def of(cls, submission: Submission, array: ArrayRecord, task: TaskRecord) -> Attempt:
+        job_id = None
+        if array.job_id:
+            job_id = array.task_job_id(task) if array.backend == "slurm" else array.job_id
+        return cls(submission.registry, submission.id, submission.created, array.backend, array.name,
+                   array.log_folder, task.index, len(array.tasks), task.identity, job_id)
+
+    @classmethod
+    def read(cls, path: Path) -> Attempt | None:
+        from orchestrator.paths import read_json
+
+        data = read_json(path)
+        if data is None:
+            return None
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            report_unreadable(path, f"not a submission pointer ({exc})")
+            return None
+
+    def write(self, path: Path) -> None:
+        atomic_write_json(path, dataclasses.asdict(self), durable=False)
 
 
 def submissions_dir(registry: str | None = None) -> Path:
@@ -94,10 +146,18 @@ def new_submission(registry: str, arrays: list[ArrayRecord]) -> Submission:
 
 
 def load_submissions(registry: str | None = None) -> list[Submission]:
-    """Records of one registry (or of all), oldest first."""
+    """Records of one registry (or of all), oldest first; unreadable ones are reported and skipped."""
     base = submissions_dir()
+    if not base.is_dir():
+        return []
     pattern = f"{registry}/*.json" if registry else "*/*.json"
-    return [Submission.load(p) for p in sorted(base.glob(pattern), key=lambda p: p.name)] if base.is_dir() else []
+    records = []
+    for path in sorted(base.glob(pattern), key=lambda p: p.name):
+        try:
+            records.append(Submission.load(path))
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            report_unreadable(path, f"not a submission record ({type(exc).__name__}: {exc})")
+    return records
 
 
 def latest_tasks(submissions: list[Submission]) -> dict[str, tuple[Submission, ArrayRecord, TaskRecord]]:
@@ -113,15 +173,17 @@ def latest_tasks(submissions: list[Submission]) -> dict[str, tuple[Submission, A
 
 
 @contextlib.contextmanager
-def registry_lock(registry: str) -> Iterator[None]:
-    """Exclusive while held: two submits of one registry never plan from the same state."""
-    path = submissions_dir() / f"{registry}.lock"
+def submit_lock() -> Iterator[None]:
+    """Exclusive while held: two submits (of one registry, or of two that share a run
+    directory) never plan from the same state. One hidden file for all registries, kept:
+    removing a lock file after use races with the next process that opens it."""
+    path = submissions_dir() / ".lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"waiting for another submit of {registry} to finish ...", file=sys.stderr)
+            print("waiting for another submit to finish ...", file=sys.stderr)
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

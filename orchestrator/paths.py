@@ -4,7 +4,9 @@
     <results>/<folder_name>/config_<label>.json  resolved spec, identity, derived numbers, plan
     <results>/<folder_name>/<label>/             run directory
         spec.json      the spec the job runs (a job needs nothing else)
-        status.json    {"state": running|completed|failed|diverged, "optimizer_step": ..., ...}
+        status.json    {"state": running|interrupted|completed|failed|timeout|diverged, "optimizer_step": ...}
+        claim.json     the live attempt: job id, host, pid, start time, refreshed while it runs
+        submission.json  the latest submission of this directory: registry, job id, log folder
         checkpoints/   resumable state
         logs/          scheduler stdout/stderr
 
@@ -17,10 +19,12 @@ import contextlib
 import dataclasses
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
-RUN_STATES = ("running", "completed", "failed", "diverged")
+from orchestrator.errors import report_unreadable
+
+RUN_STATES = ("running", "interrupted", "completed", "failed", "timeout", "cancelled", "diverged")
 
 
 def results_root() -> Path:
@@ -57,6 +61,14 @@ class RunPaths:
         return self.run_dir / "status.json"
 
     @property
+    def claim_json(self) -> Path:
+        return self.run_dir / "claim.json"
+
+    @property
+    def submission_json(self) -> Path:
+        return self.run_dir / "submission.json"
+
+    @property
     def checkpoint_dir(self) -> Path:
         return self.run_dir / "checkpoints"
 
@@ -66,38 +78,62 @@ class RunPaths:
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path, mode: str = "w"):
+def atomic_file(path: Path, mode: str = "w", durable: bool = True):
     """A temp file in ``path``'s directory; on success it is fsynced and renamed over ``path``.
 
     Readers see the old file or the whole new one, never a torn one; on error the temp
-    file is removed and ``path`` is untouched.
+    file is removed and ``path`` is untouched. The file gets 0o666 less the umask, like one
+    ``open()`` creates: ``tempfile.mkstemp`` would make every result 0600, unreadable by
+    the lab-mates who share the results folder. ``durable=False`` skips the fsync: still
+    never torn for readers, but not guaranteed to survive a power cut (for files that are
+    cheap to rewrite, written by the thousand).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    with atomic_file(path) as handle:
+def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
+    with atomic_file(path, durable=durable) as handle:
         handle.write(text)
 
 
-def atomic_write_json(path: Path, data) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+def atomic_write_json(path: Path, data, durable: bool = True) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", durable)
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON object from ``path``; None if it does not exist. A torn or foreign file (not a
+    JSON object) is reported once by path and read as absent, never deleted or rewritten."""
+    try:
+        data = json.loads(Path(path).read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        report_unreadable(path, f"{type(exc).__name__}: {exc}")
+        return None
+    if not isinstance(data, dict):
+        report_unreadable(path, f"expected a JSON object, found {type(data).__name__}")
+        return None
+    return data
 
 
 def read_status(paths: RunPaths) -> dict | None:
     """The run's status.json, or None if the run never started (or it is unreadable)."""
-    try:
-        return json.loads(paths.status_json.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+    return read_json(paths.status_json)

@@ -49,7 +49,8 @@ class BatchPlan:
         return self.batch_size * self.grad_accum * self.data_parallel
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        # the fields are plain numbers: asdict's recursive deep copy would only cost time
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 def memory_fraction(hidden_dim: int, fractions=DEFAULT_MEMORY_FRACTIONS) -> float:

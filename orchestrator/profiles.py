@@ -76,9 +76,10 @@ def _build(name: str, data: dict, sources: list[Path]) -> Profile:
 
 
 @functools.lru_cache(maxsize=None)
-def _load_all(user_dir: Path) -> dict[str, Profile]:
+def _load_all(config_dir: Path) -> dict[str, Profile]:
+    """Read and check every profile once per config directory: each spec asks for its own."""
     raw: dict[str, tuple[dict, list[Path]]] = {}
-    for directory in (_shipped_dir(), user_dir):
+    for directory in (_shipped_dir(), config_dir / "profiles"):
         if not directory.is_dir():
             continue
         for path in sorted(directory.glob("*.yaml")):
@@ -88,7 +89,7 @@ def _load_all(user_dir: Path) -> dict[str, Profile]:
 
 
 def all_profiles() -> dict[str, Profile]:
-    return _load_all(config.config_dir() / "profiles")
+    return _load_all(config.config_dir())
 
 
 def get_profile(name: str) -> Profile:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pkgutil
+import traceback
 from pathlib import Path
 from types import ModuleType
 from typing import Iterable
@@ -27,14 +28,39 @@ def _import(name: str) -> ModuleType:
         module_name = f"_registry_{path.stem}_{abs(hash(str(path))):x}"
         spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise UsageError(_import_failure(name, module_name, exc)) from None
         return module
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name and name.startswith(exc.name):
             raise UsageError(f"registry module {name!r} not found (is it on PYTHONPATH?)") from None
-        raise
+        raise UsageError(_import_failure(name, name, exc)) from None
+    except Exception as exc:
+        raise UsageError(_import_failure(name, name, exc)) from None
+
+
+def _import_failure(name: str, module_name: str, exc: Exception) -> str:
+    """One line saying where a user's module broke: its traceback is about their file, not ours.
+
+    The line is the innermost frame running the module's own code (found by the module's
+    ``__name__`` in the frame's globals, which also covers functions the module defines and
+    calls); when no frame is the module's (its package's ``__init__`` failed, say), the last.
+    """
+    if isinstance(exc, SyntaxError):
+        return f"registry module {exc.filename}, line {exc.lineno}: {type(exc).__name__}: {exc.msg}"
+    message = " ".join(str(exc).split())  # one line, whatever the exception's text
+    error = message if isinstance(exc, UsageError) else f"{type(exc).__name__}: {message}"
+    frames = list(traceback.walk_tb(exc.__traceback__))
+    own = [(frame, line) for frame, line in frames if frame.f_globals.get("__name__") == module_name]
+    if own:
+        frame, line = own[-1]
+        return f"registry module {frame.f_code.co_filename}, line {line}: {error}"
+    frame, line = frames[-1]
+    return f"registry module {name} ({frame.f_code.co_filename}, line {line}): {error}"
 
 
 def _modules(extra_modules: Iterable[str]) -> list[ModuleType]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import math
@@ -110,9 +111,10 @@ class ExperimentSpec:
     # ----------------------------------------------------------------- construction
     def __init__(self, **fields: Any):
         cls = type(self)
-        names = cls.field_names()
+        rules = _field_rules(cls)
         for key in fields:
-            if key not in names:
+            if key not in rules:
+                names = cls.field_names()
                 close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise UsageError(
@@ -120,15 +122,14 @@ class ExperimentSpec:
         fields.setdefault("workload", cls.workload_name)
         if fields["workload"] != cls.workload_name:
             raise UsageError(f"{cls.__name__} is the {cls.workload_name!r} workload, not {fields['workload']!r}")
-        for f in dataclasses.fields(cls):
-            value = fields.get(f.name, f.default)
-            object.__setattr__(self, f.name, _coerce(f.name, value, f.type))
+        for name, (default, type_str) in rules.items():
+            object.__setattr__(self, name, _coerce(name, fields.get(name, default), type_str))
         object.__setattr__(self, "_given", frozenset(fields))
         self._resolve()
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))
+        return tuple(_field_rules(cls))
 
     def replace(self, **changes: Any) -> ExperimentSpec:
         """A new spec from the fields this one was *given* plus ``changes``.
@@ -274,9 +275,13 @@ class ExperimentSpec:
     def scientific_fields(self) -> dict[str, Any]:
         return {k: v for k, v in self.to_dict().items() if k not in NON_SCIENTIFIC_FIELDS}
 
-    @property
+    @functools.cached_property
     def identity(self) -> str:
-        """Short hash of the resolved scientific fields: the same in every process."""
+        """Short hash of the resolved scientific fields: the same in every process.
+
+        Cached on the instance: a spec never changes after construction, and a registry
+        check, a plan and a status each ask for it once per spec.
+        """
         canonical = json.dumps(self.scientific_fields(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:IDENTITY_LENGTH]
 
@@ -298,25 +303,42 @@ def spec_from_dict(data: dict[str, Any]) -> ExperimentSpec:
 
 
 def load_spec(path) -> ExperimentSpec:
+    """The spec in a JSON file (``spec.to_dict()``, or under a "spec" key); a file that cannot
+    be read is one error naming it."""
     from pathlib import Path
 
-    data = json.loads(Path(path).read_text())
+    try:
+        data = json.loads(Path(path).read_bytes())
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, found {type(data).__name__}")
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: unreadable spec ({type(exc).__name__}: {exc})") from None
     return spec_from_dict(data.get("spec", data))
 
 
 # ---------------------------------------------------------------------- checks
-def _coerce(name: str, value: Any, annotation) -> Any:
+@functools.cache
+def _field_rules(cls) -> dict[str, tuple[Any, str]]:
+    """Field name -> (default, annotation as text), worked out once per spec class.
+
+    ``dataclasses.fields`` walks the class every call; a 1,000-experiment registry
+    would walk it for every spec and again for every ``to_dict``.
+    """
+    return {f.name: (f.default, f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type)))
+            for f in dataclasses.fields(cls)}
+
+
+def _coerce(name: str, value: Any, type_str: str) -> Any:
     """Check ``value`` against a field annotation such as ``'int | None'``.
 
     Integral floats are accepted for int fields (researchers write ``train_tokens=2e9``);
     ints are accepted for float fields. Nothing else is converted.
     """
-    type_str = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
     if value is None:
         if "None" in type_str:
             return None
         raise UsageError(f"experiment field {name!r} is required")
-    base = type_str.split("|")[0].strip()
+    base = type_str.split("|", 1)[0].strip()
     if base == "bool":
         if isinstance(value, bool):
             return value

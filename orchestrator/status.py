@@ -1,10 +1,17 @@
 """The state of each experiment, from its run directory and the scheduler, never from memory.
 
-Inputs: the run directory (``status.json`` written by the trainer, the metrics CSV), the
-submission records, and one batched scheduler query. Precedence: a completed run on
-disk is completed whatever the scheduler says; a live job (pending, running, requeued)
-comes next; then how the job ended; a job the scheduler no longer knows, past a grace
-period, whose run never finished is ``missing`` (never "running" forever).
+Inputs: the run directory (``status.json`` written by the trainer, ``claim.json`` of the
+live attempt, ``submission.json`` naming the latest submission of the directory from any
+registry, the metrics CSV), the registry's own submission records (for directories
+submitted before they had ``submission.json``, and submissions interrupted before their
+record was complete), and one scheduler query for every registry asked about.
+
+Precedence: a completed run on disk is completed whatever the scheduler says; a live
+attempt (queued, running, requeued, or holding the run's claim) comes next; then how the
+job ended, read from the run directory first and sacct second; a job the scheduler no
+longer knows, past a grace period, whose run never finished is ``missing`` (never
+"running" forever). Without accounting (sacct failing), states come from squeue and the
+run directories alone, and the caller is told once.
 """
 
 from __future__ import annotations
@@ -12,16 +19,19 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import math
 from pathlib import Path
 
-from orchestrator import manifest, scheduler
-from orchestrator.paths import RunPaths, read_status
+from orchestrator import claim, manifest, scheduler
+from orchestrator.errors import note_once, report_unreadable
+from orchestrator.manifest import Attempt
+from orchestrator.paths import RunPaths, read_json
 from orchestrator.spec import ExperimentSpec
 
-STATES = ("not submitted", "pending", "running", "requeued", "preempted", "completed", "failed", "timeout",
-          "cancelled", "diverged", "missing")
+STATES = ("not submitted", "pending", "running", "requeued", "preempted", "interrupted", "completed", "failed",
+          "timeout", "cancelled", "diverged", "missing")
 ACTIVE_STATES = frozenset({"pending", "running", "requeued", "preempted"})
-RETRYABLE_STATES = frozenset({"failed", "timeout", "cancelled", "diverged", "missing"})
+RETRYABLE_STATES = frozenset({"failed", "timeout", "cancelled", "interrupted", "diverged", "missing"})
 # sacct may list a task only seconds after it left the queue
 SCHEDULER_GRACE_S = 120
 
@@ -33,6 +43,7 @@ class ExperimentStatus:
     job_id: str | None = None
     backend: str | None = None
     submitted: str | None = None
+    registry: str | None = None  # whose submission the attempt is (may be another registry's)
     elapsed: str = ""
     optimizer_step: int | None = None
     tokens_processed: int | None = None
@@ -40,10 +51,10 @@ class ExperimentStatus:
     val_loss: float | None = None
     tokens_per_s: float | None = None
     reason: str = ""
+    attempt: Attempt | None = dataclasses.field(default=None, repr=False)
 
     def to_dict(self) -> dict:
-        data = dataclasses.asdict(self)
-        data.pop("spec")
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("spec", "attempt")}
         return {"label": self.spec.label, "folder_name": self.spec.folder_name,
                 "identity": self.spec.identity, **data}
 
@@ -55,26 +66,38 @@ def disk_state(spec: ExperimentSpec, status: dict | None) -> str | None:
     return status.get("state")
 
 
-def last_metrics(csv_path: Path) -> dict:
-    """The last row of a metrics CSV, read from the end of the file (runs can be long)."""
+def read_csv_tail(csv_path: Path) -> tuple[dict, str]:
+    """(the last row of a metrics CSV, the file's problem or ""), read from the end (runs can be long).
+
+    The problems are the ones ``analysis.loader`` reports, in the same words."""
     try:
         with open(csv_path, "rb") as handle:
-            header = handle.readline().decode().strip().split(",")
+            header = handle.readline().decode(errors="replace").strip().split(",")
             handle.seek(0, 2)
             size = handle.tell()
             handle.seek(max(0, size - 8192))
-            lines = handle.read().decode(errors="replace").strip().splitlines()
-    except OSError:
-        return {}
-    if not lines or len(lines[-1].split(",")) != len(header) or lines[-1].split(",") == header:
-        return {}
-    return dict(zip(header, lines[-1].split(",")))
+            tail = handle.read()
+    except FileNotFoundError:
+        return {}, ""
+    except OSError as exc:
+        return {}, f"unreadable CSV: {exc}"
+    if size == 0:
+        return {}, "empty file (not even a header)"
+    if not tail.endswith(b"\n"):
+        return {}, "truncated: the last line is incomplete"
+    lines = tail.decode(errors="replace").strip().splitlines()
+    if not lines or lines[-1].split(",") == header:
+        return {}, ""
+    values = lines[-1].split(",")
+    if len(values) != len(header):
+        return {}, f"malformed CSV: the last row has {len(values)} fields, the header {len(header)}"
+    return dict(zip(header, values)), ""
 
 
 def _number(value, kind=float):
     try:
         return kind(float(value)) if value not in (None, "") else None
-    except ValueError:
+    except (TypeError, ValueError):
         return None
 
 
@@ -101,57 +124,180 @@ def _age_s(iso_time: str) -> float:
     return (datetime.datetime.now(datetime.timezone.utc) - created).total_seconds()
 
 
+@dataclasses.dataclass
+class _Run:
+    """What one experiment's run directory and records say, before the scheduler is asked."""
+    spec: ExperimentSpec
+    paths: RunPaths
+    status: dict | None
+    attempt: Attempt | None
+    holder: dict | None
+
+
+def _latest_attempts(submissions: list[manifest.Submission]) -> dict[str, Attempt]:
+    """identity -> the registry's own latest attempt, from its records (submitting ones too)."""
+    latest: dict[str, Attempt] = {}
+    for submission in submissions:
+        if submission.state not in ("submitted", "submitting"):
+            continue
+        for array in submission.arrays:
+            if submission.state == "submitting" and array.backend != "slurm":
+                continue
+            for task in array.tasks:
+                latest[task.identity] = Attempt.of(submission, array, task)
+    return latest
+
+
+def _newest(*attempts: Attempt | None) -> Attempt | None:
+    found = [a for a in attempts if a is not None]
+    return max(found, key=lambda a: a.created) if found else None
+
+
+def experiment_states_of(selected: dict[str, list[ExperimentSpec]],
+                         submissions: dict[str, list[manifest.Submission]] | None = None,
+                         ) -> dict[str, list[ExperimentStatus]]:
+    """States of the selected experiments of several registries, with one scheduler query in all."""
+    runs: dict[str, list[_Run]] = {}
+    for registry, specs in selected.items():
+        records = submissions[registry] if submissions is not None else manifest.load_submissions(registry)
+        own = _latest_attempts(records)
+        runs[registry] = []
+        for spec in specs:
+            paths = RunPaths.of(spec.folder_name, spec.label)
+            pointer = Attempt.read(paths.submission_json)
+            if pointer is not None and pointer.identity != spec.identity:
+                pointer = None  # another experiment once used this directory
+            holder = read_json(paths.claim_json)
+            runs[registry].append(_Run(spec, paths, read_json(paths.status_json),
+                                       _newest(pointer, own.get(spec.identity)), holder))
+
+    arrays, names = set(), set()
+    for run in (r for group in runs.values() for r in group):
+        if run.attempt and run.attempt.backend == "slurm":
+            names.add(run.attempt.name)
+            if run.attempt.job_id:
+                arrays.add(scheduler.array_of(run.attempt.job_id))
+        if run.holder and claim.is_slurm_job(run.holder.get("job_id")) and run.holder.get("job_name"):
+            names.add(run.holder["job_name"])
+    view = scheduler.query(arrays, names) if names else scheduler.View()
+    if view.accounting_error:
+        note_once(f"sacct cannot answer ({view.accounting_error}): states come from squeue and the run "
+                     "directories; how a job that left the queue ended is read from its run directory only")
+    running_jobs = {job for job, info in view.queued.items() if info.state == "running"} if names else None
+    return {registry: [_state(run, view, running_jobs) for run in group] for registry, group in runs.items()}
+
+
 def experiment_states(specs: list[ExperimentSpec], submissions: list[manifest.Submission]) -> list[ExperimentStatus]:
-    latest = manifest.latest_tasks(submissions)
-    slurm_arrays = {array.job_id for _, array, _ in latest.values() if array.backend == "slurm" and array.job_id}
-    tasks = scheduler.query(slurm_arrays) if slurm_arrays else {}
-    results = []
-    for spec in specs:
-        paths = RunPaths.of(spec.folder_name, spec.label)
-        status = read_status(paths)
-        on_disk = disk_state(spec, status)
-        entry = ExperimentStatus(spec=spec, state="not submitted")
-        record = latest.get(spec.identity)
-        if record:
-            submission, array, task = record
-            if on_disk not in (None, "completed") and _written_before(paths.status_json, submission.created):
-                on_disk = None  # how an earlier attempt ended says nothing about this one
-            entry.backend, entry.submitted = array.backend, submission.created
-            entry.job_id = array.task_job_id(task) if array.backend == "slurm" else array.job_id
-            entry.state = _job_state(entry, array, tasks, on_disk, _age_s(submission.created))
-        if on_disk == "completed":
-            entry.state = "completed"
-        elif on_disk == "diverged" and entry.state not in ACTIVE_STATES:
-            entry.state = "diverged"
-        elif on_disk in ("failed", "cancelled") and entry.state in ("not submitted", "missing"):
-            entry.state = on_disk
-        metrics = last_metrics(paths.metrics_csv)
-        entry.optimizer_step = _number(metrics.get("optimizer_step"), int)
-        entry.tokens_processed = _number(metrics.get("tokens_processed"), int)
-        entry.loss = _number(metrics.get("loss"))
-        entry.val_loss = _number(metrics.get("val_loss"))
-        entry.tokens_per_s = _number(metrics.get("tokens_per_s"))
-        if entry.state in RETRYABLE_STATES - {"cancelled"}:
-            entry.reason = (status or {}).get("error") or ""
-            if not entry.reason and record and record[1].backend == "slurm":
-                entry.reason = log_tail(record[1].log_folder, entry.job_id)
-        results.append(entry)
-    return results
+    """States of one registry's experiments (see ``experiment_states_of``)."""
+    return experiment_states_of({"": specs}, {"": submissions})[""]
 
 
-def _job_state(entry: ExperimentStatus, array: manifest.ArrayRecord, tasks: dict, on_disk: str | None,
-               age_s: float) -> str:
-    if array.backend == "slurm":
-        info = tasks.get(entry.job_id)
-        if info is None:
-            return "pending" if age_s < SCHEDULER_GRACE_S else "missing"
-        entry.elapsed = info.elapsed
-        if info.state == "completed" and on_disk != "completed":
-            # the job ended but the run did not finish (a stop request, a crash after the trainer)
-            return "failed"
-        return info.state
+def _state(run: _Run, view: scheduler.View, running_jobs: set[str] | None) -> ExperimentStatus:
+    spec, paths, status, attempt = run.spec, run.paths, run.status, run.attempt
+    on_disk = disk_state(spec, status)
+    entry = ExperimentStatus(spec=spec, state="not submitted")
+    if attempt:
+        if on_disk not in (None, "completed") and _written_before(paths.status_json, attempt.created):
+            on_disk = None  # how an earlier attempt ended says nothing about this one
+        entry.backend, entry.submitted, entry.registry = attempt.backend, attempt.created, attempt.registry
+        entry.job_id, entry.attempt = attempt.job_id, attempt
+        if attempt.backend == "slurm":
+            entry.state = _slurm_state(entry, attempt, view, on_disk, status)
+        else:
+            entry.state = _local_state(attempt, on_disk)
+
+    holder = run.holder if run.holder and run.holder.get("identity") in (None, spec.identity) else None
+    if holder and on_disk != "completed" and claim.holder_alive(holder, running_jobs):
+        if holder.get("job_id") != entry.job_id or entry.state not in ACTIVE_STATES:
+            entry.state, entry.job_id = "running", holder.get("job_id")
+            entry.reason = f"trained by {claim.describe(holder)}"
+    elif on_disk == "completed":
+        entry.state = "completed"
+    elif on_disk == "diverged" and entry.state not in ACTIVE_STATES:
+        entry.state = "diverged"
+    elif on_disk in ("failed", "cancelled", "interrupted", "timeout") and entry.state in ("not submitted", "missing"):
+        entry.state = on_disk
+
+    _metrics(entry, paths, status if on_disk else None)
+    if entry.state in RETRYABLE_STATES | {"requeued"} and not entry.reason and on_disk:
+        entry.reason = (status or {}).get("reason") or (status or {}).get("error") or ""
+    if entry.state in RETRYABLE_STATES and not entry.reason:
+        if not entry.reason and attempt and attempt.backend == "slurm" and entry.job_id:
+            entry.reason = log_tail(attempt.log_folder, entry.job_id)
+    return entry
+
+
+def _metrics(entry: ExperimentStatus, paths: RunPaths, status: dict | None) -> None:
+    """Progress from the CSV's last row; a finished run's numbers from its status.json."""
+    row, problem = read_csv_tail(paths.metrics_csv)
+    entry.optimizer_step = _number(row.get("optimizer_step"), int)
+    entry.tokens_processed = _number(row.get("tokens_processed"), int)
+    entry.loss = _number(row.get("loss"))
+    entry.val_loss = _number(row.get("val_loss"))
+    entry.tokens_per_s = _number(row.get("tokens_per_s"))
+    if entry.state == "completed" and status:
+        for key in ("optimizer_step", "tokens_processed", "loss", "val_loss"):
+            value = _number(status.get(key), int if key in ("optimizer_step", "tokens_processed") else float)
+            if value is not None:
+                setattr(entry, key, value)
+    if problem:
+        report_unreadable(paths.metrics_csv, problem)
+        entry.reason = f"{paths.metrics_csv}: {problem}"
+    elif entry.state == "completed" and entry.optimizer_step is not None \
+            and row and _number(row.get("optimizer_step"), int) < entry.spec.optimizer_steps:
+        entry.reason = (f"{paths.metrics_csv}: ends at step {row.get('optimizer_step')} of "
+                        f"{entry.spec.optimizer_steps} although the run completed (truncated?)")
+    if entry.state == "completed" and row and not math.isfinite(_number(row.get("loss")) or math.nan):
+        entry.state, entry.reason = "diverged", f"{paths.metrics_csv}: non-finite training loss in the CSV"
+
+
+def _slurm_state(entry: ExperimentStatus, attempt: Attempt, view: scheduler.View, on_disk: str | None,
+                 status: dict | None) -> str:
+    job = attempt.job_id
+    if job is None:  # sbatch ran but its answer was never recorded: find the jobs by name
+        rows = view.by_name.get(attempt.name, [])
+        match = [r for r in rows if r.job_id.endswith(f"_{attempt.index}")] or (rows if attempt.array_tasks == 1 else [])
+        if not match:
+            entry.reason = f"submission {attempt.submission} was interrupted; the next submit repairs it"
+            return "not submitted"
+        job = entry.job_id = match[0].job_id
+        entry.reason = f"submission {attempt.submission} was interrupted; the next submit records and releases it"
+    live = view.queued.get(job)
+    if live:
+        entry.elapsed = live.elapsed
+        if live.state == "pending" and (live.restarts or on_disk == "interrupted"):
+            return "requeued"
+        return live.state
+    if on_disk == "timeout":
+        return "timeout"
+    own = view.ended.get(job)
+    if own:
+        entry.elapsed = own.elapsed
+        if own.state in ("completed", "failed") and on_disk == "interrupted":
+            return "interrupted"  # stopped by a signal with a checkpoint, and not requeued
+        if own.state == "completed" and on_disk != "completed":
+            return "failed"  # the job ended but the run did not finish
+        return own.state
+    rest = view.ranges.get(job)
+    if rest and rest.state in scheduler.FINAL_STATES:
+        return rest.state
+    if view.accounting_error is None:
+        if scheduler.array_of(job) in view.known_arrays and on_disk is None:
+            entry.reason = "cancelled while pending (Slurm keeps no record of a pending task cancelled alone)"
+            return "cancelled"
+        return "pending" if _age_s(attempt.created) < SCHEDULER_GRACE_S else "missing"
+    if on_disk in ("interrupted", "failed", "cancelled", "diverged"):
+        return on_disk
+    entry.reason = ("left the queue while running; no accounting to say how it ended" if on_disk == "running"
+                    else "not in the queue, and no accounting to say what happened to it")
+    return "missing"
+
+
+def _local_state(attempt: Attempt, on_disk: str | None) -> str:
     # local: the runner process is the job; the run directory tells the rest
-    if manifest.pid_alive(array.job_id):
+    if attempt.backend == "local" and manifest.pid_alive(attempt.job_id):
+        if on_disk == "interrupted":
+            return "requeued"
         return "running" if on_disk == "running" else ("pending" if on_disk is None else on_disk)
     if on_disk in (None, "running"):
         return "missing"

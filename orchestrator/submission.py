@@ -1,32 +1,42 @@
 """Submit a registry: decide everything first, then act (``--dry-run`` stops in between).
 
-plan():    expand -> state of each experiment -> skip completed / active / failed (unless
-           the policy says otherwise) -> at most N -> group by resources -> arrays no
-           larger than the cluster's MaxArraySize.
-execute(): under the registry's lock, write every spec JSON, record the submission,
-           call sbatch once per array, record the job ids.
+plan():    check every experiment against its partition (memory planner, the nodes' CPUs,
+           GPUs and memory, time for the checkpoint signal) -> state of each experiment
+           (from any registry's attempt on its run directory) -> skip completed / active /
+           failed (unless the policy says otherwise) -> at most N -> group by resources ->
+           arrays no larger than the cluster's MaxArraySize.
+execute(): under the submit lock, snapshot the code, write every spec JSON, record the
+           submission, call sbatch once per array (held), record the job ids, point each
+           run directory at its attempt, release the arrays.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import io
 import os
 import shutil
 from pathlib import Path
 
-from orchestrator import manifest, scheduler
-from orchestrator.backends import default_parallel, detached_children, make_executor
+from orchestrator import claim, manifest, scheduler
+from orchestrator.backends import code_environment, default_parallel, detached_children, make_executor
 from orchestrator.errors import UsageError
 from orchestrator.paths import RunPaths, atomic_write_json, results_root
+from orchestrator.planner import plan_batch
 from orchestrator.profiles import get_profile
+from orchestrator.scheduler import SchedulerError
 from orchestrator.spec import ExperimentSpec
 from orchestrator.status import ACTIVE_STATES, RETRYABLE_STATES, experiment_states
 
 RESOURCE_FIELDS = ("partition", "gpus", "time_min", "mem_gb", "cpus_per_gpu")
+# submitit asks for --signal=USR2@90 and slurmctld checks limits every 30 s, so the signal
+# can come 120 s before the limit; a run needs at least a minute of that time to train
+SIGNAL_DELAY_S = 90
+MIN_SLURM_TIME_MIN = 3
 
-
-INTERRUPTED_STATES = frozenset({"cancelled", "timeout", "missing"})
+INTERRUPTED_STATES = frozenset({"cancelled", "timeout", "interrupted", "missing"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +77,8 @@ class Plan:
     decisions: list[Decision]
     arrays: list[PlannedArray]
     max_requeues: int
+    snapshot: bool = True          # jobs run a copy of the code taken at submit time
+    registry_modules: tuple = ()   # the user's registry modules, copied into the snapshot
 
     def count(self, action: str) -> int:
         return sum(d.action == action for d in self.decisions)
@@ -86,16 +98,12 @@ def check_options(limit: int | None, parallel: int | None, max_requeues: int) ->
 
 
 def plan(registry: str, specs: list[ExperimentSpec], backend: str, policy: Policy = Policy(),
-         limit: int | None = None, parallel: int | None = None, max_requeues: int = 3) -> Plan:
+         limit: int | None = None, parallel: int | None = None, max_requeues: int = 3,
+         snapshot: bool = True, registry_modules=(), check: bool = True) -> Plan:
+    """``check=False``: the caller has run ``check_experiments`` already."""
     check_options(limit, parallel, max_requeues)
-    for spec in specs:
-        profile = get_profile(spec.partition)
-        if backend == "slurm" and profile.backend != "slurm":
-            raise UsageError(f"{spec.run_name} is for partition {spec.partition!r}, which is not a Slurm "
-                             "partition; use --backend local")
-    if backend == "slurm":
-        for partition in sorted({s.partition for s in specs}):
-            scheduler.check_partition(partition)
+    if check:
+        check_experiments(specs, backend)
 
     decisions = []
     chosen = 0
@@ -125,7 +133,29 @@ def plan(registry: str, specs: list[ExperimentSpec], backend: str, policy: Polic
         for start in range(0, len(group), chunk or len(group)):
             part = group[start:start + chunk] if chunk else group
             arrays.append(PlannedArray(resources(part[0]), part, parallel or default_parallel(backend) or len(part)))
-    return Plan(registry, backend, decisions, arrays, max_requeues)
+    return Plan(registry, backend, decisions, arrays, max_requeues, snapshot, tuple(registry_modules))
+
+
+def check_experiments(specs: list[ExperimentSpec], backend: str) -> None:
+    """Refuse here, in one line, what would otherwise be queued and fail on the node."""
+    profiles = {}
+    for spec in specs:
+        profile = profiles.get(spec.partition) or profiles.setdefault(spec.partition, get_profile(spec.partition))
+        if backend == "slurm" and profile.backend != "slurm":
+            raise UsageError(f"{spec.run_name} is for partition {spec.partition!r}, which is not a Slurm "
+                             "partition; use --backend local")
+        plan_batch(spec, profile)  # does not fit its GPU even at batch 1: UsageError naming the memory
+    if backend != "slurm":
+        return
+    first_of_group: dict[tuple, ExperimentSpec] = {}
+    for spec in specs:
+        first_of_group.setdefault(tuple(resources(spec).values()), spec)
+    for (partition, gpus, time_min, mem_gb, cpus_per_gpu), spec in first_of_group.items():
+        if time_min < MIN_SLURM_TIME_MIN:
+            raise UsageError(f"{spec.run_name}: time_min={time_min} leaves no room for the checkpoint signal "
+                             f"(Slurm sends it {SIGNAL_DELAY_S} s before the limit, up to 30 s early); the "
+                             f"minimum is {MIN_SLURM_TIME_MIN}")
+        scheduler.check_resources(partition, gpus, gpus * cpus_per_gpu, mem_gb, spec.run_name)
 
 
 def archive_outputs(spec: ExperimentSpec) -> Path | None:
@@ -150,27 +180,55 @@ def execute(plan: Plan) -> manifest.Submission:
     for array in plan.arrays:
         tasks = []
         for index, spec in enumerate(array.specs):
-            if spec.identity in fresh:
-                archive_outputs(spec)
             paths = RunPaths.of(spec.folder_name, spec.label)
-            atomic_write_json(paths.spec_json, spec.to_dict())
+            if spec.identity in fresh:
+                if claim.holder_alive(claim.read(paths)):
+                    raise UsageError(f"{paths.run_dir} is being trained by {claim.describe(claim.read(paths))}; "
+                                     "it cannot be rerun from scratch now")
+                archive_outputs(spec)
+            atomic_write_json(paths.spec_json, spec.to_dict(), durable=False)
             tasks.append(manifest.TaskRecord(index, spec.identity, spec.label, spec.folder_name,
                                              str(paths.spec_json.resolve())))
         records.append(manifest.ArrayRecord(name="", backend=plan.backend, resources=array.resources,
-                                            parallel=array.parallel, log_folder="", tasks=tasks))
+                                            parallel=array.parallel, log_folder="", tasks=tasks,
+                                            max_requeues=plan.max_requeues))
     submission = manifest.new_submission(plan.registry, records)
     for number, record in enumerate(records):
         record.name = f"orch-{plan.registry}-{submission.id}-{number}"
         log_root = get_profile(record.resources["partition"]).log_dir
         log_root = Path(log_root).expanduser() if log_root else results_root() / "_submitit"
         record.log_folder = str((log_root / plan.registry / submission.id / str(number)).resolve())
+    if plan.snapshot and plan.backend in ("slurm", "local"):
+        from orchestrator import snapshot
+
+        code_dir = str(snapshot.take(submission.folder / "code", plan.registry_modules))
+        for record in records:
+            record.code_dir = code_dir
     submission.save()  # before sbatch: a crash from here on is repaired by name
-    for record in records:
-        record.job_id = _submit_array(plan, record)
-        submission.save()
+    try:
+        for record in records:
+            record.job_id = _submit_array(plan, record)
+            submission.save()
+    except SchedulerError:
+        submission.arrays = [r for r in records if r.job_id]
+        if not submission.arrays:  # nothing reached the scheduler: no record claims a submission
+            submission.path.unlink(missing_ok=True)
+            raise
+        _finish(submission)
+        raise
+    _finish(submission)
+    return submission
+
+
+def _finish(submission: manifest.Submission) -> None:
+    """Point every run directory at its attempt, record the submission, let its jobs start."""
+    for record in submission.arrays:
+        for task in record.tasks:
+            paths = RunPaths(Path(task.spec_path).parent.parent, task.label)
+            manifest.Attempt.of(submission, record, task).write(paths.submission_json)
     submission.state = "submitted"
     submission.save()
-    return submission
+    scheduler.release(r.job_id for r in submission.arrays if r.backend == "slurm")
 
 
 def _submit_array(plan: Plan, record: manifest.ArrayRecord) -> str:
@@ -182,15 +240,22 @@ def _submit_array(plan: Plan, record: manifest.ArrayRecord) -> str:
             _run_in_process(path)
         return "debug"
     profile = get_profile(record.resources["partition"])
+    code_dir = Path(record.code_dir) if record.code_dir else None
     if plan.backend == "local":
         resources = {**record.resources, "tasks": -(-len(spec_paths) // record.parallel)}
         executor = make_executor("local", record.log_folder, profile, resources, record.parallel, record.name,
                                  plan.max_requeues)
-        with detached_children(Path(record.log_folder) / "controller.log"):
+        with detached_children(Path(record.log_folder) / "controller.log"), code_environment(code_dir):
             return executor.submit(run_local_array, spec_paths, record.parallel, plan.max_requeues).job_id
+    from submitit.core.utils import FailedJobError
+
     executor = make_executor("slurm", record.log_folder, profile, record.resources, record.parallel,
-                             record.name, plan.max_requeues)
-    jobs = executor.map_array(TrainTask(plan.max_requeues), spec_paths)
+                             record.name, plan.max_requeues, code_dir)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # submitit echoes sbatch's stderr; we say it once
+            jobs = executor.map_array(TrainTask(plan.max_requeues), spec_paths)
+    except FailedJobError as exc:
+        raise SchedulerError(f"sbatch failed: {scheduler.first_line(str(exc))}") from None
     for task, job in zip(record.tasks, jobs):  # a one-task "array" is submitted as a plain job
         task.job_id = job.job_id
     return jobs[0].job_id.split("_")[0]
@@ -211,7 +276,9 @@ def _run_in_process(spec_path: str) -> None:
 
 
 def repair_unrecorded(registry: str) -> list[str]:
-    """Finish records left in "submitting" by a process that died around sbatch."""
+    """Finish records left in "submitting" by a process that died around sbatch: find the
+    jobs by name, put the job pickles submitit had not renamed yet in place, record the
+    jobs, point their run directories at them and release them."""
     repaired = []
     for submission in manifest.load_submissions(registry):
         if submission.state != "submitting":
@@ -223,9 +290,38 @@ def repair_unrecorded(registry: str) -> list[str]:
                 for task in record.tasks if record.job_id else []:
                     # submitit sends a one-task "array" as a plain job
                     task.job_id = record.job_id if len(record.tasks) == 1 else f"{record.job_id}_{task.index}"
+            if record.job_id and record.backend == "slurm":
+                _ensure_job_pickles(record)
         submitted = [r for r in submission.arrays if r.job_id]
         submission.arrays = submitted
-        submission.state = "submitted" if submitted else "abandoned"
-        submission.save()
+        if submitted:
+            for record in submitted:
+                for task in record.tasks:
+                    paths = RunPaths(Path(task.spec_path).parent.parent, task.label)
+                    manifest.Attempt.of(submission, record, task).write(paths.submission_json)
+            submission.state = "submitted"
+            submission.save()
+            for record in submitted:
+                if record.backend == "slurm":
+                    scheduler.release([record.job_id], finished_ok=True)
+        else:
+            submission.state = "abandoned"
+            submission.save()
         repaired.append(f"{submission.id}: {submission.state}")
     return repaired
+
+
+def _ensure_job_pickles(record: manifest.ArrayRecord) -> None:
+    """The pickle each task's job loads (``<job id>_submitted.pkl``), as submitit writes it."""
+    from submitit.core.utils import DelayedSubmission, JobPaths
+
+    from orchestrator.task import TrainTask
+
+    for task in record.tasks:
+        path = JobPaths(record.log_folder, job_id=record.task_job_id(task)).submitted_pickle
+        if path.exists():
+            continue
+        delayed = DelayedSubmission(TrainTask(record.max_requeues), task.spec_path)
+        delayed.set_timeout(record.resources["time_min"], record.max_requeues)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        delayed.dump(path)

@@ -15,6 +15,7 @@ machine, a few at a time, each in its own process (DDP ranks for multi-GPU specs
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import socket
@@ -25,12 +26,16 @@ from pathlib import Path
 
 import submitit
 
+from orchestrator import claim
 from orchestrator.paths import RunPaths, atomic_write_json, read_status
 from orchestrator.spec import load_spec
 from orchestrator.workers import available_cpus
 
 DEFAULT_MAX_REQUEUES = 3
 EXIT_REQUEUE = 75  # the trainer's "stopped with a checkpoint, run me again"
+# USR2 comes 90 s before the limit (up to 30 s early); a stop with less time left than
+# this is the time limit, one with more is a preemption or a manual signal
+TIME_LIMIT_MARGIN_S = 180
 
 
 class TrainTask(submitit.helpers.Checkpointable):
@@ -49,16 +54,47 @@ class TrainTask(submitit.helpers.Checkpointable):
             run(spec_path)
         except RunInterrupted as stop:
             if stop.signum == signal.SIGUSR2 and callable(submitit_handler):
-                submitit_handler(signal.SIGUSR2, None)  # checkpoint() then requeue and exit
+                self._requeue(submitit_handler, spec_path, stop.optimizer_step)
             raise
         return spec_path
 
+    def _requeue(self, submitit_handler, spec_path: str, step: int) -> None:
+        """Hand the stop to submitit (checkpoint() then ``scontrol requeue``), having decided
+        ourselves whether it is a time limit: submitit guesses from 80 % of the wall time, so
+        under 50 min every preemption or manual USR2 would spend a timeout credit."""
+        handler = getattr(submitit_handler, "__self__", None)
+        delayed = getattr(handler, "_delayed", None)
+        timed_out, limit = near_time_limit()
+        if handler is not None and delayed is not None and timed_out is not None:
+            handler.has_timed_out = lambda: timed_out
+            if timed_out and delayed._timeout_countdown <= 0 and submitit.JobEnvironment().global_rank == 0:
+                _mark(spec_path, "timeout", f"reached its time limit ({limit}) with no requeue left "
+                                            f"(--max-requeues {self.max_requeues}); `retry` resumes from its "
+                                            f"checkpoint at step {step}")
+        submitit_handler(signal.SIGUSR2, None)  # requeues and exits, or raises UncompletedJobError
+
     def checkpoint(self, spec_path: str):
-        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
-        if restarts >= self.max_requeues:
-            print(f"not requeued: already requeued {restarts} times (max {self.max_requeues})", file=sys.stderr)
-            return None
         return submitit.helpers.DelayedSubmission(self, spec_path)
+
+
+def near_time_limit(environ=None, now: datetime.datetime | None = None) -> tuple[bool | None, str]:
+    """(whether this Slurm job is within the signal's reach of its end time, i.e. at its time
+    limit rather than preempted; its time limit as Slurm prints it). None when Slurm cannot
+    tell: then submitit's own guess stands."""
+    environ = os.environ if environ is None else environ
+    job_id = environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return None, ""
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%e|%l"], capture_output=True, text=True,
+                             timeout=30)
+        end, _, limit = out.stdout.strip().partition("|")
+        end = datetime.datetime.fromisoformat(end)
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        print(f"could not read the end time of job {job_id}; submitit decides timeout vs preemption",
+              file=sys.stderr)
+        return None, ""
+    return (end - (now or datetime.datetime.now())).total_seconds() <= TIME_LIMIT_MARGIN_S, limit
 
 
 def _free_port() -> int:
@@ -89,12 +125,17 @@ def _start(spec_path: str, threads: int) -> list[subprocess.Popen]:
 
 
 def _mark(spec_path: str, state: str, error: str) -> None:
-    """Record how a task ended when its trainer could not (killed, cancelled before it started)."""
+    """Record how a task ended when its trainer could not (killed, cancelled before it started,
+    out of requeues). Never over a final state, nor while another live attempt holds the run."""
     spec = load_spec(spec_path)
     paths = RunPaths(Path(spec_path).parent.parent, spec.label)
-    status = read_status(paths) or {}
-    if status.get("state") in ("completed", "diverged", "failed"):
+    holder = claim.read(paths)
+    if holder and holder.get("job_id") != claim.attempt_id() and claim.holder_alive(holder):
         return
+    status = read_status(paths) or {}
+    if status.get("state") in ("completed", "diverged", "failed", "timeout"):
+        return
+    status.pop("reason", None)  # how an interruption went; the error now says how the run ended
     atomic_write_json(paths.status_json, {**status, "state": state, "identity": spec.identity, "error": error})
 
 
@@ -105,6 +146,7 @@ def run_local_array(spec_paths: list[str], parallel: int, max_requeues: int = DE
     requeues = {path: 0 for path in spec_paths}
     codes: dict[str, int] = {}
     stopping = []
+    os.environ["ORCHESTRATOR_JOB_ID"] = str(os.getpid())  # the job id its trainers claim run directories as
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
     signal.signal(signal.SIGINT, lambda signum, frame: stopping.append(signum))
     threads = max(1, available_cpus() // max(1, parallel))

@@ -30,7 +30,8 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
-    """The project's single-host Slurm, started (idempotently) once per test run.
+    """The project's single-host Slurm, started (idempotently) once per test run, and stopped
+    at the end if this run started it: the machine is left as it was found.
 
     Needs root (apt-get, daemons). CI runs as root and must not skip: there a failure
     to start is an error. Elsewhere, without root, the Slurm tests are skipped.
@@ -42,7 +43,11 @@ def slurm_cluster():
     if os.geteuid() != 0 and os.environ.get("CI") != "true":
         pytest.skip("the local Slurm cluster needs root (run the suite as root, as CI does)")
     script = Path(__file__).resolve().parent.parent / "slurm_templates" / "local_cluster.sh"
+    before = subprocess.run(["bash", str(script), "status"], capture_output=True, text=True)
+    was_running = "slurmctld /run/slurmctld.pid: running" in before.stdout
     result = subprocess.run(["bash", str(script), "start"], capture_output=True, text=True, timeout=600)
     if result.returncode:
         raise RuntimeError(f"local Slurm did not start:\n{result.stderr[-3000:]}")
-    return script
+    yield script
+    if not was_running:
+        subprocess.run(["bash", str(script), "stop"], capture_output=True, text=True, timeout=300)

@@ -40,6 +40,33 @@ def test_show_json_has_plans_and_estimates():
     assert row["estimated_wall_s"]["miso"] < row["estimated_wall_s"]["sphinx"]
 
 
+NO_FIT_REGISTRY = """
+from experiments import gen_experim
+MIXED = gen_experim(64, label="small") + gen_experim(8192, label="huge", partition="sphinx")
+"""
+NO_FIT_ERROR = "error: transformer/huge does not fit on partition 'sphinx' even at batch 1"
+
+
+def test_show_exits_2_after_the_table_when_an_experiment_does_not_fit_its_gpu(tmp_path):
+    module = tmp_path / "mixed.py"
+    module.write_text(NO_FIT_REGISTRY)
+    result = cli("--registry-module", str(module), "show", "MIXED")
+    assert result.returncode == 2
+    assert "no fit" in result.stdout and "small" in result.stdout and "128 x 1" in result.stdout
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith(NO_FIT_ERROR)
+
+
+def test_show_json_still_prints_everything_and_exits_2_when_an_experiment_does_not_fit(tmp_path):
+    module = tmp_path / "mixed.py"
+    module.write_text(NO_FIT_REGISTRY)
+    result = cli("--registry-module", str(module), "show", "MIXED", "--json")
+    assert result.returncode == 2
+    plans = {row["label"]: row["plan"] for row in json.loads(result.stdout)["experiments"]}
+    assert plans["small"]["batch_size"] == 128 and "even at batch 1" in plans["huge"]["error"]
+    assert result.stderr.strip() == f"error: {plans['huge']['error']}"
+
+
 @pytest.mark.parametrize("args, message", [
     (["show", "TRANSFORMER_SCALNG"], "unknown registry 'TRANSFORMER_SCALNG' (did you mean 'TRANSFORMER_SCALING'?)"),
     (["show", "QUICKSTART", "--mfu", "0"], "--mfu must be in (0, 1]"),
@@ -100,4 +127,4 @@ def test_a_scheduler_that_does_not_answer_is_one_line_not_a_traceback(tmp_path):
     no_slurm.mkdir()
     result = cli("status", "QUICKSTART", env={"PATH": str(no_slurm)})
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == "error: sacct not found: is Slurm installed on this machine?"
+    assert result.stderr.strip().splitlines()[-1] == "error: squeue not found: is Slurm installed on this machine?"

@@ -124,3 +124,20 @@ def test_two_submits_at_once_submit_each_experiment_once(study):
     wait_for(study, "LOCAL4", lambda s: set(s.values()) == {"completed"})
     submitted = [t.identity for s in manifest.load_submissions("LOCAL4") for a in s.arrays for t in a.tasks]
     assert len(submitted) == len(set(submitted)) == 4
+
+
+def test_the_time_limit_is_told_from_the_jobs_real_end_time(tmp_path, monkeypatch):
+    import datetime
+
+    from orchestrator.task import near_time_limit
+
+    now = datetime.datetime(2026, 12, 1, 12, 0, 0)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    squeue = bin_dir / "squeue"
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    for end, expected in (("2026-12-01T12:01:40", True), ("2026-12-01T12:08:00", False)):
+        squeue.write_text(f"#!/bin/sh\necho '{end}|10:00'\n")
+        squeue.chmod(0o755)
+        assert near_time_limit({"SLURM_JOB_ID": "5"}, now) == (expected, "10:00")
+    assert near_time_limit({}, now) == (None, "")

@@ -121,7 +121,7 @@ def test_resume_after_sigusr2_reproduces_the_uninterrupted_run(tmp_path):
         run_spec(spec, tmp_path / "halves", on_step=stop_at_20)
     assert stopped.value.optimizer_step == 20 and stopped.value.signum == signal.SIGUSR2
     paths = RunPaths.of(spec.folder_name, spec.label, tmp_path / "halves")
-    assert read_status(paths)["state"] == "running" and read_status(paths)["interrupted_by"] == "SIGUSR2"
+    assert read_status(paths)["state"] == "interrupted" and read_status(paths)["interrupted_by"] == "SIGUSR2"
     assert latest_checkpoint(paths).name == "step_00000020.pt"
     assert int(read_csv(spec, tmp_path / "halves")[-1]["optimizer_step"]) == 20
 

@@ -1,5 +1,8 @@
-"""Registries: seed-style sums, learning-rate sweeps, lookup by name, user modules, duplicates."""
+"""Registries: seed-style sums, learning-rate sweeps, lookup by name, user modules (and broken ones), duplicates."""
 
+import os
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -123,4 +126,54 @@ def test_a_bad_config_key_or_missing_module_is_an_error(isolated_environment):
         all_registries()
     (config_dir / "config.yaml").write_text("registry_modules: [no_such_module_here]\n")
     with pytest.raises(UsageError, match="'no_such_module_here' not found"):
+        all_registries()
+
+
+BROKEN_MODULES = {  # (source, the line that breaks, what the error says)
+    "syntax": ("from experiments import gen_experim\n\nGRID = [\n    gen_experim(32)\n    gen_experim(64)]\n",
+               4, "SyntaxError"),
+    "name": ("from experiments import gen_experim\n\nX = 1\nGRID = gen_experimm(32)\n",
+             4, "NameError: name 'gen_experimm' is not defined"),
+    "in_a_helper": ("from experiments import gen_experim\n\ndef grid():\n    return [1 / 0]\n\nGRID = grid()\n",
+                    4, "ZeroDivisionError: division by zero"),
+    "bad_field": ("from experiments import gen_experim\nGRID = gen_experim(32, label='a', hiden_dim=3)\n",
+                  2, "unknown experiment field 'hiden_dim'"),
+}
+
+
+def list_with_module(module: str, pythonpath=None):
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "orchestrator", "--registry-module", module, "list"],
+                          capture_output=True, text=True, timeout=60, env=env)
+
+
+@pytest.mark.parametrize("as_path", [True, False], ids=["path", "dotted"])
+@pytest.mark.parametrize("kind", BROKEN_MODULES)
+def test_a_broken_user_module_is_one_line_naming_its_file_and_line(tmp_path, kind, as_path):
+    source, line, error = BROKEN_MODULES[kind]
+    path = tmp_path / f"broken_grid_{kind}.py"
+    path.write_text(source)
+    result = list_with_module(str(path)) if as_path else list_with_module(path.stem, pythonpath=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: registry module {path}, line {line}: "), result.stderr
+    assert error in result.stderr
+
+
+def test_a_missing_dotted_module_is_still_not_found():
+    result = list_with_module("no_such_registry_module_here")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr == "error: registry module 'no_such_registry_module_here' not found (is it on PYTHONPATH?)\n"
+
+
+def test_a_broken_module_in_the_config_file_names_its_line(tmp_path, monkeypatch, isolated_environment):
+    (tmp_path / "lab_broken_grids.py").write_text(BROKEN_MODULES["name"][0])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config_dir = isolated_environment / "config"
+    config_dir.mkdir()
+    (config_dir / "config.yaml").write_text("registry_modules: [lab_broken_grids]\n")
+    with pytest.raises(UsageError, match=r"lab_broken_grids\.py, line 4: NameError: name 'gen_experimm'"):
         all_registries()

@@ -14,16 +14,19 @@ from orchestrator.profiles import get_profile
 
 GOLDEN = Path(__file__).parent / "golden"
 CASES = {
-    "sphinx_1gpu_array20_throttle4": ("sphinx", dict(gpus=1, time_min=240, mem_gb=48, cpus_per_gpu=8), 4, 20),
-    "miso_2gpu_array12": ("miso", dict(gpus=2, time_min=600, mem_gb=200, cpus_per_gpu=12), 12, 12),
+    "sphinx_1gpu_array20_throttle4": ("sphinx", dict(gpus=1, time_min=240, mem_gb=48, cpus_per_gpu=8), 4, 20, None),
+    "miso_2gpu_array12": ("miso", dict(gpus=2, time_min=600, mem_gb=200, cpus_per_gpu=12), 12, 12, None),
+    # a code snapshot path with a space: the export line must quote it
+    "sphinx_1gpu_array3_snapshot": ("sphinx", dict(gpus=1, time_min=30, mem_gb=16, cpus_per_gpu=4), 3, 3,
+                                    Path("/shared/code snapshots/orch-GOLDEN-abc123")),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_sbatch_script_matches_golden_file(case):
-    partition, resources, parallel, n_tasks = CASES[case]
+    partition, resources, parallel, n_tasks, code_dir = CASES[case]
     text = sbatch_script(get_profile(partition), {"partition": partition, **resources}, parallel,
-                         f"orch-GOLDEN-{case}", n_tasks, 3, folder="/LOGS")
+                         f"orch-GOLDEN-{case}", n_tasks, 3, folder="/LOGS", code_dir=code_dir)
     path = GOLDEN / f"{case}.sbatch"
     if os.environ.get("UPDATE_GOLDEN"):
         path.write_text(text)
@@ -38,3 +41,26 @@ def test_gpu_requests_follow_the_partition_profile():
     assert "#SBATCH --gres=gpu:2" in sphinx and "#SBATCH --account=nlp" in sphinx
     assert "#SBATCH --gpus-per-task=1" in miso and "#SBATCH --ntasks-per-node=2" in miso
     assert "#SBATCH --signal=USR2@90" in miso
+
+
+def test_arrays_are_submitted_held_for_the_submitter_to_release():
+    script = _small_sphinx_script()
+    assert "#SBATCH --hold" in script.splitlines()
+
+
+def test_without_a_snapshot_the_script_leaves_pythonpath_alone():
+    script = _small_sphinx_script()
+    assert "PYTHONPATH" not in script and "# setup" not in script
+
+
+def test_snapshot_setup_comes_before_srun():
+    script = _small_sphinx_script(code_dir=Path("/code"))
+    lines = script.splitlines()
+    srun = next(i for i, line in enumerate(lines) if line.startswith("srun "))
+    assert lines.index("export PYTHONPATH=/code${PYTHONPATH:+:$PYTHONPATH}") < srun
+    assert lines.index("export PYTHONSAFEPATH=1") < srun
+
+
+def _small_sphinx_script(code_dir=None) -> str:
+    resources = dict(partition="sphinx", gpus=1, time_min=5, mem_gb=4, cpus_per_gpu=1)
+    return sbatch_script(get_profile("sphinx"), resources, 1, "x", 2, 3, folder="/LOGS", code_dir=code_dir)

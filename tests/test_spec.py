@@ -218,3 +218,14 @@ def test_lstm_defaults_to_two_gpus_and_ties_its_head():
     assert lstm.total_params == v * h + 2 * (4 * h * 2 * h + 8 * h)
     with pytest.raises(UsageError, match="tie_embeddings"):
         make_spec("lstm", hidden_dim=128, embedding_dim=64, label="l")
+
+
+@pytest.mark.parametrize("text", ['{"spec": {"hidden_dim": 6', "[1, 2]", ""])
+def test_an_unreadable_spec_json_is_one_error_naming_the_file(tmp_path, text):
+    from orchestrator.spec import load_spec
+
+    path = tmp_path / "spec.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f"^{path}: unreadable spec") as error:
+        load_spec(path)
+    assert len(str(error.value).splitlines()) == 1 and path.read_text() == text

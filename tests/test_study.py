@@ -67,22 +67,31 @@ def statuses(module, registry):
     return {row["label"]: row for row in json.loads(out)[registry]}
 
 
-def test_ctrl_c_stops_cleanly_and_a_rerun_continues(study_module):
-    study = subprocess.Popen([sys.executable, "-m", "orchestrator", "--registry-module", str(study_module), "study",
+def stop_and_continue(module, sig, preexec_fn=None):
+    """Start LONG_STUDY, send ``sig`` once both runs have a checkpoint, then check the clean stop
+    (runs checkpoint and are cancelled) and that the next study continues from the checkpoints."""
+    study = subprocess.Popen([sys.executable, "-m", "orchestrator", "--registry-module", str(module), "study",
                               "LONG_STUDY", "--bootstrap", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
-    deadline = time.monotonic() + 120
-    while not all((r["optimizer_step"] or 0) > 250 for r in statuses(study_module, "LONG_STUDY").values()):
-        assert time.monotonic() < deadline and study.poll() is None, "the runs never got going"
-        time.sleep(1)
-    study.send_signal(signal.SIGINT)
-    out, err = study.communicate(timeout=120)
+                             text=True, preexec_fn=preexec_fn)
+    try:
+        deadline = time.monotonic() + 120
+        while not all((r["optimizer_step"] or 0) > 250 for r in statuses(module, "LONG_STUDY").values()):
+            assert time.monotonic() < deadline and study.poll() is None, "the runs never got going"
+            time.sleep(1)
+        study.send_signal(sig)
+        out, err = study.communicate(timeout=120)
+    finally:
+        if study.poll() is None:
+            study.kill()
+            study.communicate()
+        if study.returncode != 130:  # it did not stop its runs: leave no trainers on shared cores
+            orchestrate(module, "cancel", "LONG_STUDY", "-y")
     assert study.returncode == 130, err
     assert "Run the same command again to continue" in out
 
     deadline = time.monotonic() + 60
-    while {r["state"] for r in statuses(study_module, "LONG_STUDY").values()} != {"cancelled"}:
-        assert time.monotonic() < deadline, statuses(study_module, "LONG_STUDY")
+    while {r["state"] for r in statuses(module, "LONG_STUDY").values()} != {"cancelled"}:
+        assert time.monotonic() < deadline, statuses(module, "LONG_STUDY")
         time.sleep(1)
     stopped_at = {}
     for label in ("long_16d", "long_32d"):
@@ -94,7 +103,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_continues(study_module):
         assert all(len(row) == len(rows[0]) for row in rows)  # no torn row
     assert not list(results().rglob("*.tmp"))  # no half-written file
 
-    rerun = orchestrate(study_module, "study", "LONG_STUDY", "--bootstrap", "0")
+    rerun = orchestrate(module, "study", "LONG_STUDY", "--bootstrap", "0")
     assert rerun.returncode == 0, rerun.stderr
     assert "submitted 2 experiments" in rerun.stdout
     for label, step in stopped_at.items():
@@ -106,3 +115,16 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_continues(study_module):
         with open(results() / "long" / f"{label}.csv") as handle:
             steps = [int(row["optimizer_step"]) for row in csv.DictReader(handle)]
         assert steps == sorted(set(steps)) and steps[-1] == 3907
+
+
+def test_ctrl_c_stops_cleanly_and_a_rerun_continues(study_module):
+    stop_and_continue(study_module, signal.SIGINT)
+
+
+def test_sigint_stops_a_study_started_in_the_background(study_module):
+    # `study &`, nohup and batch scripts start it with SIGINT ignored; Python then has no Ctrl-C
+    stop_and_continue(study_module, signal.SIGINT, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+
+
+def test_sigterm_stops_a_study_cleanly(study_module):
+    stop_and_continue(study_module, signal.SIGTERM)

@@ -11,7 +11,9 @@ from orchestrator.submission import Policy, plan
 @pytest.fixture
 def cluster(monkeypatch):
     """What plan() asks the cluster: the partitions exist, MaxArraySize is small."""
-    monkeypatch.setattr(scheduler, "check_partition", lambda name: None)
+    nodes = {"sphinx": scheduler.NodeLimits("sphinx", cpus=64, mem_gb=500, gpus=8),
+             "miso": scheduler.NodeLimits("miso", cpus=96, mem_gb=2000, gpus=4)}
+    monkeypatch.setattr(scheduler, "partition_limits", lambda: nodes)
     monkeypatch.setattr(scheduler, "max_array_size", lambda: 3)
 
 
@@ -80,3 +82,23 @@ def test_archiving_moves_old_outputs_aside_and_deletes_nothing():
 def test_bad_options_are_usage_errors(cluster, option, value):
     with pytest.raises(ValueError):
         plan("R", specs(1), "slurm", **{option: value})
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(mem_gb=5000), "asks for 5000 GB of memory, but the largest node of partition 'sphinx' has 500"),
+    (dict(partition="miso", gpus=8), "asks for 8 GPUs, but the largest node of partition 'miso' has 4"),
+    (dict(gpus=8, cpus_per_gpu=9), "asks for 72 CPUs, but the largest node of partition 'sphinx' has 64"),
+    (dict(time_min=2), "time_min=2 leaves no room for the checkpoint signal"),
+    (dict(hidden_dim=8192, num_layers=64), "does not fit on partition 'sphinx' even at batch 1: needs ~"),
+])
+def test_what_no_node_can_run_is_refused_in_the_plan_and_nothing_is_written(cluster, fields, message):
+    width = fields.pop("hidden_dim", 16)
+    bad = gen_experim(width, label="bad", **fields)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("~", "")) as refused:
+        plan("R", specs(2) + bad, "slurm")
+    assert len(str(refused.value).splitlines()) == 1
+    assert not RunPaths.of(bad[0].folder_name, "bad").run_dir.exists()
+
+
+def test_a_short_time_limit_is_fine_where_no_signal_is_needed(cluster):
+    assert plan("R", specs(1, time_min=1, partition="local"), "local").count("submit") == 1

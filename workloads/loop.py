@@ -293,7 +293,7 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
             "spec": spec.to_dict(), "identity": spec.identity, "derived": spec.derived(),
             "plan": plan.to_dict(), "torch_version": torch.__version__, "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "git_commit": git_commit()})
+            "git_commit": git_commit(), "code": str(Path(__file__).resolve().parent.parent)})
         csv_log = MetricsCSV(paths.metrics_csv, start_step)
         write_status(paths, spec, "running", start_step, resumed_from=start_step or None)
         print(f"{spec.run_name}: {n_params:,} parameters, {total} steps of {effective} x {T} tokens "
@@ -370,8 +370,13 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
             elapsed = elapsed_before + time.perf_counter() - loop_start
             if rank == 0:
                 checkpoint = save_checkpoint(paths, spec, step, model, optimizer, elapsed)
-                extra = {"interrupted_by": interrupt.signal_name(signum)} if signum is not None else {}
-                write_status(paths, spec, "running", step, checkpoint=checkpoint.name, **extra)
+                if signum is None:
+                    write_status(paths, spec, "running", step, checkpoint=checkpoint.name)
+                else:
+                    write_status(paths, spec, "interrupted", step, checkpoint=checkpoint.name,
+                                 interrupted_by=interrupt.signal_name(signum),
+                                 reason=f"stopped by {interrupt.signal_name(signum)} after step {step} "
+                                        f"(checkpoint {checkpoint.name})")
             if world > 1:
                 dist.barrier()
             if signum is not None:

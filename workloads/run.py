@@ -23,7 +23,9 @@ import os
 import sys
 from pathlib import Path
 
+from orchestrator import claim
 from orchestrator.errors import UsageError
+from orchestrator.paths import RunPaths
 from orchestrator.spec import load_spec
 from workloads import interrupt
 
@@ -51,7 +53,9 @@ def run(spec_path, *, handle_signals: bool = True, **options) -> dict:
     started_group = _init_distributed()
     signals = interrupt.handling_signals() if handle_signals else contextlib.nullcontext()
     try:
-        with signals:
+        with signals, _claimed(spec, options["root"], started_group) as held:
+            if held is None:
+                return {"state": "claimed elsewhere", "run": spec.run_name}
             status = trainer(spec_path, **options)
         if started_group:  # a clean teardown; after a failure the other ranks may never arrive
             torch.distributed.barrier()
@@ -59,6 +63,30 @@ def run(spec_path, *, handle_signals: bool = True, **options) -> dict:
     finally:
         if started_group:
             torch.distributed.destroy_process_group()
+
+
+@contextlib.contextmanager
+def _claimed(spec, root, distributed: bool):
+    """Rank 0 claims the run directory before anything is written, and every rank learns
+    whether it did. Yields None when another live attempt holds it: then nothing is
+    touched and the reason goes to the log."""
+    import torch.distributed as dist
+
+    rank = dist.get_rank() if distributed else 0
+    with contextlib.ExitStack() as stack:
+        held = True
+        if rank == 0:
+            try:
+                held = stack.enter_context(claim.holding(RunPaths.of(spec.folder_name, spec.label, root),
+                                                         spec.identity))
+            except claim.ClaimHeld as exc:
+                print(f"not training: {exc}", file=sys.stderr, flush=True)
+                held = None
+        if distributed:
+            decision = [held is not None]
+            dist.broadcast_object_list(decision, src=0)
+            held = held if decision[0] else None
+        yield held
 
 
 def run_dir_root(spec, spec_path) -> Path | None:

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 
-from orchestrator import fmt, manifest, scheduler
+from orchestrator import fmt, scheduler
 from orchestrator.errors import UsageError
 from orchestrator.selector import select
 
@@ -21,27 +21,27 @@ def add_arguments(parser) -> None:
 
 def targets(selected: dict) -> tuple[list[str], list[str], int]:
     """(slurm ids to scancel, local runner pids, experiments) for the active selected experiments."""
-    from orchestrator.status import ACTIVE_STATES, experiment_states
+    from orchestrator.status import ACTIVE_STATES, experiment_states_of
 
-    slurm_ids, pids, count = [], [], 0
-    for registry, specs in selected.items():
-        submissions = manifest.load_submissions(registry)
-        active = {s.spec.identity for s in experiment_states(specs, submissions) if s.state in ACTIVE_STATES}
-        if not active:
-            continue
-        count += len(active)
-        for identity, (_, array, task) in manifest.latest_tasks(submissions).items():
-            if identity not in active:
-                continue
-            if array.backend == "slurm":
-                whole = all(t.identity in active for t in array.tasks)
-                slurm_ids.append(array.job_id if whole else array.task_job_id(task))
-            elif array.backend == "local":
-                if not all(t.identity in active for t in array.tasks):
-                    raise UsageError(f"local job {array.job_id} can only be cancelled whole; select all of "
-                                     f"its {len(array.tasks)} experiments (e.g. by its job id)")
-                pids.append(array.job_id)
-    return sorted(set(slurm_ids)), sorted(set(pids)), count
+    active = [s for statuses in experiment_states_of(selected).values() for s in statuses
+              if s.state in ACTIVE_STATES and s.job_id and s.backend in ("slurm", "local")]
+    per_array: dict[str, list] = {}
+    for status in active:
+        per_array.setdefault(f"{status.backend}:{scheduler.array_of(status.job_id)}", []).append(status)
+    slurm_ids, pids = [], []
+    for statuses in per_array.values():
+        attempt = statuses[0].attempt
+        whole = attempt is not None and len({s.spec.run_name for s in statuses}) >= attempt.array_tasks
+        if statuses[0].backend == "local":
+            if not whole:
+                raise UsageError(f"local job {attempt.job_id} can only be cancelled whole; select all of "
+                                 f"its {attempt.array_tasks} experiments (e.g. by its job id)")
+            pids.append(attempt.job_id)
+        elif whole:
+            slurm_ids.append(scheduler.array_of(statuses[0].job_id))
+        else:
+            slurm_ids += [s.job_id for s in statuses]
+    return sorted(set(slurm_ids)), sorted(set(pids)), len(active)
 
 
 def stop_local(pids) -> None:

@@ -17,12 +17,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from orchestrator import manifest
-    from orchestrator.status import RETRYABLE_STATES, experiment_states
+    from orchestrator.status import RETRYABLE_STATES, experiment_states_of
     from orchestrator.submission import Policy
 
-    for registry, specs in select(args.selector, args.registry_module).items():
-        states = experiment_states(specs, manifest.load_submissions(registry))
+    for registry, states in experiment_states_of(select(args.selector, args.registry_module)).items():
         retry = [s.spec for s in states if s.state in RETRYABLE_STATES]
         submit_specs(args, registry, retry, Policy.retry_failed())
     return 0

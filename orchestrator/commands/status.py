@@ -1,20 +1,22 @@
 """Show the state of submitted experiments: one sacct and one squeue call for all of them.
 
-States: not submitted, pending, running, requeued, preempted, completed, failed, timeout,
-cancelled, diverged, missing (the scheduler forgot the job and the run never finished).
+States: not submitted, pending, running, requeued (waiting to run again after a requeue),
+preempted, interrupted (stopped by a signal with a checkpoint, not requeued), completed,
+failed, timeout (out of requeues at the time limit), cancelled, diverged, missing (the
+scheduler forgot the job and the run never finished).
 """
 
 from __future__ import annotations
 
 import time
 
-from orchestrator import fmt, manifest
+from orchestrator import fmt
 from orchestrator.errors import UsageError
 from orchestrator.selector import select
 
 MIN_WATCH_S = 10
 STATE_STYLE = {"completed": "green", "running": "cyan", "pending": "blue", "requeued": "magenta",
-               "preempted": "magenta", "failed": "red", "timeout": "red", "diverged": "red", "missing": "red",
+               "preempted": "magenta", "interrupted": "yellow", "failed": "red", "timeout": "red", "diverged": "red", "missing": "red",
                "cancelled": "yellow", "not submitted": "dim"}
 
 
@@ -27,10 +29,9 @@ def add_arguments(parser) -> None:
 
 
 def collect(selector, extra_modules) -> dict:
-    from orchestrator.status import experiment_states
+    from orchestrator.status import experiment_states_of
 
-    selected = select(selector, extra_modules)
-    return {name: experiment_states(specs, manifest.load_submissions(name)) for name, specs in selected.items()}
+    return experiment_states_of(select(selector, extra_modules))
 
 
 def render(by_registry: dict):

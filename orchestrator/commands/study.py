@@ -3,11 +3,14 @@
 Reruns reuse finished runs (nothing is retrained) and pick interrupted ones up from their
 checkpoints. Ctrl-C stops a study on this machine cleanly (runs checkpoint and are marked
 cancelled; the next run of this command continues them); on Slurm it only stops watching.
+``kill -INT`` and ``kill -TERM`` do the same, also for a study started in the background.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import time
 
 from orchestrator import fmt
@@ -19,7 +22,7 @@ REFRESH_S = {"slurm": 30.0, "local": 2.0, "debug": 0.0}
 def add_arguments(parser) -> None:
     parser.add_argument("registry", help="registry name, e.g. QUICKSTART")
     parser.add_argument("--backend", default="auto", choices=("auto", "slurm", "local"),
-                        help="auto: slurm when sbatch is on PATH and a partition needs it, else local")
+                        help="auto: slurm when a partition needs it and a Slurm controller answers, else local")
     parser.add_argument("--parallel", type=int, default=None, metavar="K", help="run at most K tasks at once")
     parser.add_argument("--budget", nargs="+", action="extend", default=[], metavar="FLOPS",
                         help="FLOP budgets for the compute-optimal prediction (default: the study's largest, x10, x100)")
@@ -68,7 +71,29 @@ def watch(registry: str, backend: str, extra_modules) -> dict:
     return statuses
 
 
+@contextlib.contextmanager
+def stop_signals():
+    """SIGINT and SIGTERM raise KeyboardInterrupt while the study runs, whatever it inherited.
+
+    A study started with ``&``, ``nohup`` or from a batch script inherits SIGINT ignored, and
+    Python then never raises KeyboardInterrupt, so ``kill -INT`` would do nothing; SIGTERM
+    would end it and leave the local runs training with no one watching. ``detached_children``
+    ignores SIGINT only while it starts the runner, then puts these handlers back for the watch.
+    """
+    saved = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+
+
 def run(args) -> int:
+    with stop_signals():
+        return _run(args)
+
+
+def _run(args) -> int:
     from orchestrator.commands import cancel
     from orchestrator.registry import load_registry
     from orchestrator.submission import INTERRUPTED_STATES, Policy

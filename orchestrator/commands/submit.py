@@ -6,6 +6,7 @@ every task is written, the submission is recorded, and each array is handed to s
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from orchestrator import fmt, manifest
@@ -27,9 +28,13 @@ def add_submit_options(parser) -> None:
     parser.add_argument("--parallel", type=int, default=None, metavar="K",
                         help="run at most K tasks of an array at once (the array's %%K)")
     parser.add_argument("--backend", default="auto", choices=BACKENDS,
-                        help="auto: slurm when sbatch is on PATH, else local")
+                        help="auto: slurm when sbatch is on PATH and its controller answers, else local")
     parser.add_argument("--max-requeues", type=int, default=3,
-                        help="requeues after preemption or time limit before a run counts as failed")
+                        help="requeues after a time limit before a run counts as timed out (preemptions "
+                             "do not count)")
+    parser.add_argument("--no-snapshot", action="store_true",
+                        help="run the installed code, not a copy taken at submit time (edits then reach "
+                             "pending jobs)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -48,11 +53,17 @@ def submit_specs(args, registry: str, specs, policy):
     from orchestrator import submission
 
     submission.check_options(args.n, args.parallel, args.max_requeues)
+    from orchestrator import config
+
     backend, why = resolve_backend(args.backend, {s.partition for s in specs})
-    with manifest.registry_lock(registry):
+    submission.check_experiments(specs, backend)  # refused before anything, the lock included, is written
+    lock = contextlib.nullcontext() if args.dry_run else manifest.submit_lock()  # a dry run writes nothing
+    with lock:
         repaired = submission.repair_unrecorded(registry) if not args.dry_run else []
         plan = submission.plan(registry, specs, backend, policy, limit=args.n, parallel=args.parallel,
-                               max_requeues=args.max_requeues)
+                               max_requeues=args.max_requeues, snapshot=not getattr(args, "no_snapshot", False),
+                               registry_modules=config.registry_modules() + list(args.registry_module),
+                               check=False)
         done = None if args.dry_run or not plan.arrays else submission.execute(plan)
     report(args, plan, done, repaired, why)
     return plan
@@ -66,7 +77,7 @@ def _sbatch_flags(plan, array) -> str:
         return f"{plan.backend} backend, {array.parallel} at a time"
     script = sbatch_script(get_profile(array.resources["partition"]), array.resources, array.parallel, "<name>",
                            len(array.specs), plan.max_requeues)
-    skip = ("--output", "--error", "--open-mode", "--wckey", "--job-name")
+    skip = ("--output", "--error", "--open-mode", "--wckey", "--job-name", "--hold")
     return " ".join(line.split(maxsplit=1)[1] for line in script.splitlines()
                     if line.startswith("#SBATCH") and not line.split()[1].startswith(skip))
 
