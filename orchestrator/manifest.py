@@ -12,8 +12,8 @@ released only then. A record left in "submitting" means the process died in betw
 the next call looks the jobs up by their unique name, puts submitit's job pickles in
 place, records and releases them, or marks the record "abandoned" when sbatch never ran.
 
-Each run directory also gets ``submission.json`` (an ``Attempt``): its latest submission
-from whichever registry, so every registry sees who trains the directory. A record that
+Each run directory's ``spec.json`` also points at its latest submission, from whichever
+registry (``Attempt``), so every registry sees who trains the directory. A record that
 cannot be read is reported once by path and skipped; it is never deleted or rewritten.
 """
 
@@ -78,13 +78,23 @@ class Submission:
         return submissions_dir(self.registry) / f"{self.id}.json"
 
     def save(self) -> None:
-        atomic_write_json(self.path, dataclasses.asdict(self))
+        atomic_write_json(self.path, self.to_dict(), compact=True)
+
+    def to_dict(self) -> dict:
+        # vars(), not dataclasses.asdict: no deep copy of a thousand tasks per save
+        return {**vars(self), "arrays": [{**vars(a), "tasks": [vars(t) for t in a.tasks]} for a in self.arrays]}
 
     @classmethod
     def load(cls, path: Path) -> Submission:
         data = json.loads(Path(path).read_bytes())
         arrays = [ArrayRecord(**{**a, "tasks": [TaskRecord(**t) for t in a["tasks"]]}) for a in data.pop("arrays")]
         return cls(**data, arrays=arrays)
+
+    def holds(self, number: int) -> bool:
+        """Whether array ``number`` stands for jobs: submitted, or sbatch's answer not recorded yet."""
+        if not 0 <= number < len(self.arrays):
+            return False
+        return self.state == "submitting" or (self.state == "submitted" and bool(self.arrays[number].job_id))
 
     @property
     def folder(self) -> Path:
@@ -94,41 +104,64 @@ class Submission:
 
 @dataclasses.dataclass
 class Attempt:
-    """What was last asked of a scheduler for one run directory (its ``submission.json``)."""
+    """One task of a submission: what was asked of a scheduler for one run directory.
+
+    The run directory's ``spec.json`` points at its latest one (``{"submission": {"registry",
+    "id", "array", "index"}}``, written with the spec, before sbatch), so every registry sees
+    who trains the directory; the job ids come from the record it points at."""
     registry: str
     submission: str
     created: str
     backend: str
     name: str                  # the array's unique job name
     log_folder: str
+    array: int                 # the array's number in its submission
     index: int                 # array index of the task
     array_tasks: int
     identity: str
     job_id: str | None = None  # the task's job id; None until sbatch's answer is recorded
 
     @classmethod
-    def of(cls, submission: Submission, array: ArrayRecord, task: TaskRecord) -> Attempt:
+    def of(cls, submission: Submission, number: int, task: TaskRecord) -> Attempt:
+        array = submission.arrays[number]
         job_id = None
         if array.job_id:
             job_id = array.task_job_id(task) if array.backend == "slurm" else array.job_id
         return cls(submission.registry, submission.id, submission.created, array.backend, array.name,
-                   array.log_folder, task.index, len(array.tasks), task.identity, job_id)
+                   array.log_folder, number, task.index, len(array.tasks), task.identity, job_id)
 
-    @classmethod
-    def read(cls, path: Path) -> Attempt | None:
-        from orchestrator.paths import read_json
+    @staticmethod
+    def pointer(submission: Submission, number: int, task: TaskRecord) -> dict:
+        return {"registry": submission.registry, "id": submission.id, "array": number, "index": task.index}
 
-        data = read_json(path)
-        if data is None:
-            return None
+
+class Records:
+    """Submission records by (registry, id), each read once, for resolving run directories' pointers."""
+
+    def __init__(self):
+        self._loaded: dict[tuple[str, str], Submission | None] = {}
+
+    def add(self, submissions: list[Submission]) -> None:
+        for submission in submissions:
+            self._loaded[(submission.registry, submission.id)] = submission
+
+    def attempt(self, pointer, identity: str) -> Attempt | None:
+        """The attempt a spec.json pointer names, if its record exists and is about ``identity``."""
         try:
-            return cls(**data)
-        except TypeError as exc:
-            report_unreadable(path, f"not a submission pointer ({exc})")
+            key, number, index = (pointer["registry"], pointer["id"]), int(pointer["array"]), int(pointer["index"])
+        except (TypeError, KeyError, ValueError):
             return None
-
-    def write(self, path: Path) -> None:
-        atomic_write_json(path, dataclasses.asdict(self), durable=False)
+        if key not in self._loaded:
+            path = submissions_dir(key[0]) / f"{key[1]}.json"
+            self._loaded[key] = _load_or_report(path) if path.exists() else None  # gone: sbatch failed
+        submission = self._loaded[key]
+        if submission is None or not submission.holds(number):
+            return None
+        tasks = submission.arrays[number].tasks
+        task = tasks[index] if 0 <= index < len(tasks) and tasks[index].index == index else None
+        if task is None or task.identity != identity:
+            return None
+        return Attempt.of(submission, number, task)
 
 
 def submissions_dir(registry: str | None = None) -> Path:
@@ -151,25 +184,16 @@ def load_submissions(registry: str | None = None) -> list[Submission]:
     if not base.is_dir():
         return []
     pattern = f"{registry}/*.json" if registry else "*/*.json"
-    records = []
-    for path in sorted(base.glob(pattern), key=lambda p: p.name):
-        try:
-            records.append(Submission.load(path))
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            report_unreadable(path, f"not a submission record ({type(exc).__name__}: {exc})")
-    return records
+    records = [_load_or_report(path) for path in sorted(base.glob(pattern), key=lambda p: p.name)]
+    return [record for record in records if record is not None]
 
 
-def latest_tasks(submissions: list[Submission]) -> dict[str, tuple[Submission, ArrayRecord, TaskRecord]]:
-    """identity -> its most recent submitted task (abandoned records hold no jobs)."""
-    latest = {}
-    for submission in submissions:
-        if submission.state != "submitted":
-            continue
-        for array in submission.arrays:
-            for task in array.tasks:
-                latest[task.identity] = (submission, array, task)
-    return latest
+def _load_or_report(path: Path) -> Submission | None:
+    try:
+        return Submission.load(path)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        report_unreadable(path, f"not a submission record ({type(exc).__name__}: {exc})")
+        return None
 
 
 @contextlib.contextmanager

@@ -3,10 +3,9 @@
     <results>/<folder_name>/<label>.csv          metrics, one row per logged optimizer step
     <results>/<folder_name>/config_<label>.json  resolved spec, identity, derived numbers, plan
     <results>/<folder_name>/<label>/             run directory
-        spec.json      the spec the job runs (a job needs nothing else)
+        spec.json      the spec the job runs (a job needs nothing else), and which submission runs it
         status.json    {"state": running|interrupted|completed|failed|timeout|diverged, "optimizer_step": ...}
         claim.json     the live attempt: job id, host, pid, start time, refreshed while it runs
-        submission.json  the latest submission of this directory: registry, job id, log folder
         checkpoints/   resumable state
         logs/          scheduler stdout/stderr
 
@@ -65,10 +64,6 @@ class RunPaths:
         return self.run_dir / "claim.json"
 
     @property
-    def submission_json(self) -> Path:
-        return self.run_dir / "submission.json"
-
-    @property
     def checkpoint_dir(self) -> Path:
         return self.run_dir / "checkpoints"
 
@@ -88,15 +83,16 @@ def atomic_file(path: Path, mode: str = "w", durable: bool = True):
     never torn for readers, but not guaranteed to survive a power cut (for files that are
     cheap to rewrite, written by the thousand).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    directory, name = os.path.split(os.fspath(path))  # strings, not Paths: writes come by the thousand
     while True:
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
         try:
             fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
             break
         except FileExistsError:
             continue
+        except FileNotFoundError:  # make the directory only when it is missing
+            os.makedirs(directory or ".", exist_ok=True)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
@@ -105,7 +101,8 @@ def atomic_file(path: Path, mode: str = "w", durable: bool = True):
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
 
 
@@ -114,8 +111,33 @@ def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
         handle.write(text)
 
 
-def atomic_write_json(path: Path, data, durable: bool = True) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", durable)
+def atomic_write_json(path: Path, data, durable: bool = True, compact: bool = False) -> None:
+    """Indented for people by default; ``compact`` (one line) for the files a submit writes by
+    the thousand: json's C encoder runs only without ``indent``, ~10x faster."""
+    text = (json.dumps(data, sort_keys=True, default=str, separators=(",", ":")) if compact
+            else json.dumps(data, indent=2, sort_keys=True, default=str))
+    atomic_write_text(path, text + "\n", durable)
+
+
+def create_or_replace_json(path: str, data) -> None:
+    """Write a new file in place, replace an existing one atomically (compact, not fsynced).
+
+    For the spec.json a submit writes into a thousand new run directories: no reader looks
+    at one before its held job is released, so a new file needs no temp file and rename
+    (that halves the cost); an existing one may be read by a running job and is replaced."""
+    text = json.dumps(data, sort_keys=True, default=str, separators=(",", ":")) + "\n"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            return atomic_write_text(path, text, durable=False)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        return None
+    raise FileNotFoundError(path)
 
 
 def read_json(path: Path) -> dict | None:

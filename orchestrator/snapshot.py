@@ -65,7 +65,9 @@ def take(dest: Path, registry_modules: Iterable[str] = ()) -> Path:
             else:
                 shutil.copy2(source, target)
         _write_provenance(partial, root, [s.name for s in sources])
-        os.chmod(partial, 0o755)  # mkdtemp makes it private; jobs may run under another group
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(partial, 0o777 & ~umask)  # mkdtemp makes it private; lab-mates' jobs may read it
         try:
             os.rename(partial, dest)
         except OSError:

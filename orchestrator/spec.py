@@ -122,8 +122,10 @@ class ExperimentSpec:
         fields.setdefault("workload", cls.workload_name)
         if fields["workload"] != cls.workload_name:
             raise UsageError(f"{cls.__name__} is the {cls.workload_name!r} workload, not {fields['workload']!r}")
-        for name, (default, type_str) in rules.items():
-            object.__setattr__(self, name, _coerce(name, fields.get(name, default), type_str))
+        # a default is valid by construction (None on a required field is not: _coerce says so);
+        # one __dict__ update, not a frozen __setattr__ per field: registries hold thousands
+        vars(self).update({name: _coerce(name, fields.get(name), type_str) if name in fields or default is None
+                           else default for name, (default, type_str) in rules.items()})
         object.__setattr__(self, "_given", frozenset(fields))
         self._resolve()
 

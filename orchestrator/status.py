@@ -1,10 +1,10 @@
 """The state of each experiment, from its run directory and the scheduler, never from memory.
 
 Inputs: the run directory (``status.json`` written by the trainer, ``claim.json`` of the
-live attempt, ``submission.json`` naming the latest submission of the directory from any
-registry, the metrics CSV), the registry's own submission records (for directories
-submitted before they had ``submission.json``, and submissions interrupted before their
-record was complete), and one scheduler query for every registry asked about.
+live attempt, ``spec.json`` naming the latest submission of the directory from any
+registry, the metrics CSV), the submission records (the registry's own, and those the run
+directories point at, for the job ids), and one scheduler query for every registry asked
+about.
 
 Precedence: a completed run on disk is completed whatever the scheduler says; a live
 attempt (queued, running, requeued, or holding the run's claim) comes next; then how the
@@ -20,12 +20,13 @@ import dataclasses
 import datetime
 import json
 import math
+import os
 from pathlib import Path
 
 from orchestrator import claim, manifest, scheduler
 from orchestrator.errors import note_once, report_unreadable
 from orchestrator.manifest import Attempt
-from orchestrator.paths import RunPaths, read_json
+from orchestrator.paths import read_json, results_root
 from orchestrator.spec import ExperimentSpec
 
 STATES = ("not submitted", "pending", "running", "requeued", "preempted", "interrupted", "completed", "failed",
@@ -112,9 +113,9 @@ def log_tail(log_folder: str, job_id: str, lines: int = 3) -> str:
     return " | ".join(kept[-lines:])
 
 
-def _written_before(path: Path, iso_time: str) -> bool:
+def _written_before(path: str, iso_time: str) -> bool:
     try:
-        return path.stat().st_mtime < datetime.datetime.fromisoformat(iso_time).timestamp()
+        return os.stat(path).st_mtime < datetime.datetime.fromisoformat(iso_time).timestamp()
     except OSError:
         return False
 
@@ -128,23 +129,49 @@ def _age_s(iso_time: str) -> float:
 class _Run:
     """What one experiment's run directory and records say, before the scheduler is asked."""
     spec: ExperimentSpec
-    paths: RunPaths
+    status_json: str
+    metrics_csv: str | None  # None: no CSV yet
     status: dict | None
     attempt: Attempt | None
     holder: dict | None
+
+
+def _read_run(spec: ExperimentSpec, root: str, folders: dict, own: Attempt | None,
+              records: manifest.Records) -> _Run:
+    """Reads only the files that exist (one listing per run directory, one per results folder):
+    status reads a thousand run directories, and every path object or failed open counts."""
+    folder = os.path.join(root, spec.folder_name)
+    if folder not in folders:
+        try:
+            folders[folder] = set(os.listdir(folder))
+        except OSError:
+            folders[folder] = set()
+    run_dir = os.path.join(folder, spec.label)
+    try:
+        present = set(os.listdir(run_dir)) if spec.label in folders[folder] else set()
+    except OSError:
+        present = set()
+
+    def read(name):
+        return read_json(os.path.join(run_dir, name)) if name in present else None
+
+    pointer = (read("spec.json") or {}).get("submission")
+    csv_name = f"{spec.label}.csv"
+    return _Run(spec, os.path.join(run_dir, "status.json"),
+                os.path.join(folder, csv_name) if csv_name in folders[folder] else None,
+                read("status.json"), _newest(records.attempt(pointer, spec.identity) if pointer else None, own),
+                read("claim.json"))
 
 
 def _latest_attempts(submissions: list[manifest.Submission]) -> dict[str, Attempt]:
     """identity -> the registry's own latest attempt, from its records (submitting ones too)."""
     latest: dict[str, Attempt] = {}
     for submission in submissions:
-        if submission.state not in ("submitted", "submitting"):
-            continue
-        for array in submission.arrays:
-            if submission.state == "submitting" and array.backend != "slurm":
+        for number, array in enumerate(submission.arrays):
+            if not submission.holds(number) or (submission.state == "submitting" and array.backend != "slurm"):
                 continue
             for task in array.tasks:
-                latest[task.identity] = Attempt.of(submission, array, task)
+                latest[task.identity] = Attempt.of(submission, number, task)
     return latest
 
 
@@ -158,18 +185,12 @@ def experiment_states_of(selected: dict[str, list[ExperimentSpec]],
                          ) -> dict[str, list[ExperimentStatus]]:
     """States of the selected experiments of several registries, with one scheduler query in all."""
     runs: dict[str, list[_Run]] = {}
+    root, folders, known = str(results_root()), {}, manifest.Records()
     for registry, specs in selected.items():
         records = submissions[registry] if submissions is not None else manifest.load_submissions(registry)
+        known.add(records)
         own = _latest_attempts(records)
-        runs[registry] = []
-        for spec in specs:
-            paths = RunPaths.of(spec.folder_name, spec.label)
-            pointer = Attempt.read(paths.submission_json)
-            if pointer is not None and pointer.identity != spec.identity:
-                pointer = None  # another experiment once used this directory
-            holder = read_json(paths.claim_json)
-            runs[registry].append(_Run(spec, paths, read_json(paths.status_json),
-                                       _newest(pointer, own.get(spec.identity)), holder))
+        runs[registry] = [_read_run(spec, root, folders, own.get(spec.identity), known) for spec in specs]
 
     arrays, names = set(), set()
     for run in (r for group in runs.values() for r in group):
@@ -193,11 +214,11 @@ def experiment_states(specs: list[ExperimentSpec], submissions: list[manifest.Su
 
 
 def _state(run: _Run, view: scheduler.View, running_jobs: set[str] | None) -> ExperimentStatus:
-    spec, paths, status, attempt = run.spec, run.paths, run.status, run.attempt
+    spec, status, attempt = run.spec, run.status, run.attempt
     on_disk = disk_state(spec, status)
     entry = ExperimentStatus(spec=spec, state="not submitted")
     if attempt:
-        if on_disk not in (None, "completed") and _written_before(paths.status_json, attempt.created):
+        if on_disk not in (None, "completed") and _written_before(run.status_json, attempt.created):
             on_disk = None  # how an earlier attempt ended says nothing about this one
         entry.backend, entry.submitted, entry.registry = attempt.backend, attempt.created, attempt.registry
         entry.job_id, entry.attempt = attempt.job_id, attempt
@@ -218,7 +239,7 @@ def _state(run: _Run, view: scheduler.View, running_jobs: set[str] | None) -> Ex
     elif on_disk in ("failed", "cancelled", "interrupted", "timeout") and entry.state in ("not submitted", "missing"):
         entry.state = on_disk
 
-    _metrics(entry, paths, status if on_disk else None)
+    _metrics(entry, run.metrics_csv, status if on_disk else None)
     if entry.state in RETRYABLE_STATES | {"requeued"} and not entry.reason and on_disk:
         entry.reason = (status or {}).get("reason") or (status or {}).get("error") or ""
     if entry.state in RETRYABLE_STATES and not entry.reason:
@@ -227,9 +248,9 @@ def _state(run: _Run, view: scheduler.View, running_jobs: set[str] | None) -> Ex
     return entry
 
 
-def _metrics(entry: ExperimentStatus, paths: RunPaths, status: dict | None) -> None:
+def _metrics(entry: ExperimentStatus, csv_path: str | None, status: dict | None) -> None:
     """Progress from the CSV's last row; a finished run's numbers from its status.json."""
-    row, problem = read_csv_tail(paths.metrics_csv)
+    row, problem = read_csv_tail(csv_path) if csv_path else ({}, "")
     entry.optimizer_step = _number(row.get("optimizer_step"), int)
     entry.tokens_processed = _number(row.get("tokens_processed"), int)
     entry.loss = _number(row.get("loss"))
@@ -241,14 +262,13 @@ def _metrics(entry: ExperimentStatus, paths: RunPaths, status: dict | None) -> N
             if value is not None:
                 setattr(entry, key, value)
     if problem:
-        report_unreadable(paths.metrics_csv, problem)
-        entry.reason = f"{paths.metrics_csv}: {problem}"
-    elif entry.state == "completed" and entry.optimizer_step is not None \
-            and row and _number(row.get("optimizer_step"), int) < entry.spec.optimizer_steps:
-        entry.reason = (f"{paths.metrics_csv}: ends at step {row.get('optimizer_step')} of "
-                        f"{entry.spec.optimizer_steps} although the run completed (truncated?)")
+        report_unreadable(csv_path, problem)
+        entry.reason = f"{csv_path}: {problem}"
+    elif entry.state == "completed" and row and _number(row.get("optimizer_step"), int) < entry.spec.optimizer_steps:
+        entry.reason = (f"{csv_path}: ends at step {row.get('optimizer_step')} of {entry.spec.optimizer_steps} "
+                        "although the run completed (truncated?)")
     if entry.state == "completed" and row and not math.isfinite(_number(row.get("loss")) or math.nan):
-        entry.state, entry.reason = "diverged", f"{paths.metrics_csv}: non-finite training loss in the CSV"
+        entry.state, entry.reason = "diverged", f"{csv_path}: non-finite training loss in the CSV"
 
 
 def _slurm_state(entry: ExperimentStatus, attempt: Attempt, view: scheduler.View, on_disk: str | None,
@@ -296,8 +316,8 @@ def _slurm_state(entry: ExperimentStatus, attempt: Attempt, view: scheduler.View
 def _local_state(attempt: Attempt, on_disk: str | None) -> str:
     # local: the runner process is the job; the run directory tells the rest
     if attempt.backend == "local" and manifest.pid_alive(attempt.job_id):
-        if on_disk == "interrupted":
-            return "requeued"
+        if on_disk == "interrupted":  # the runner restarts it at once, or marks it cancelled
+            return "running"
         return "running" if on_disk == "running" else ("pending" if on_disk is None else on_disk)
     if on_disk in (None, "running"):
         return "missing"

@@ -23,7 +23,7 @@ from pathlib import Path
 from orchestrator import claim, manifest, scheduler
 from orchestrator.backends import code_environment, default_parallel, detached_children, make_executor
 from orchestrator.errors import UsageError
-from orchestrator.paths import RunPaths, atomic_write_json, results_root
+from orchestrator.paths import RunPaths, create_or_replace_json, results_root
 from orchestrator.planner import plan_batch
 from orchestrator.profiles import get_profile
 from orchestrator.scheduler import SchedulerError
@@ -174,21 +174,13 @@ def archive_outputs(spec: ExperimentSpec) -> Path | None:
 
 def execute(plan: Plan) -> manifest.Submission:
     # jobs find their results wherever they run, whatever their working directory
-    os.environ["ORCHESTRATOR_RESULTS_DIR"] = str(results_root().resolve())
-    fresh = {d.spec.identity for d in plan.decisions if d.fresh_start}
+    root = str(results_root().resolve())
+    os.environ["ORCHESTRATOR_RESULTS_DIR"] = root
     records = []
     for array in plan.arrays:
-        tasks = []
-        for index, spec in enumerate(array.specs):
-            paths = RunPaths.of(spec.folder_name, spec.label)
-            if spec.identity in fresh:
-                if claim.holder_alive(claim.read(paths)):
-                    raise UsageError(f"{paths.run_dir} is being trained by {claim.describe(claim.read(paths))}; "
-                                     "it cannot be rerun from scratch now")
-                archive_outputs(spec)
-            atomic_write_json(paths.spec_json, spec.to_dict(), durable=False)
-            tasks.append(manifest.TaskRecord(index, spec.identity, spec.label, spec.folder_name,
-                                             str(paths.spec_json.resolve())))
+        tasks = [manifest.TaskRecord(index, spec.identity, spec.label, spec.folder_name,
+                                     os.path.join(root, spec.folder_name, spec.label, "spec.json"))
+                 for index, spec in enumerate(array.specs)]
         records.append(manifest.ArrayRecord(name="", backend=plan.backend, resources=array.resources,
                                             parallel=array.parallel, log_folder="", tasks=tasks,
                                             max_requeues=plan.max_requeues))
@@ -204,31 +196,37 @@ def execute(plan: Plan) -> manifest.Submission:
         code_dir = str(snapshot.take(submission.folder / "code", plan.registry_modules))
         for record in records:
             record.code_dir = code_dir
+    fresh = {d.spec.identity for d in plan.decisions if d.fresh_start}
+    for number, (array, record) in enumerate(zip(plan.arrays, records)):
+        for spec, task in zip(array.specs, record.tasks):
+            if spec.identity in fresh:
+                holder = claim.read(RunPaths.of(spec.folder_name, spec.label))
+                if claim.holder_alive(holder):
+                    raise UsageError(f"{spec.run_name} is being trained by {claim.describe(holder)}; it cannot "
+                                     "be rerun from scratch now")
+                archive_outputs(spec)
+            # the spec the job runs, and which submission runs it (what other registries see)
+            create_or_replace_json(task.spec_path, {"spec": spec.to_dict(),
+                                                    "submission": manifest.Attempt.pointer(submission, number, task)})
     submission.save()  # before sbatch: a crash from here on is repaired by name
     try:
-        for record in records:
+        for record in records:  # a crash in here is repaired by name: no save per array needed
             record.job_id = _submit_array(plan, record)
-            submission.save()
     except SchedulerError:
-        submission.arrays = [r for r in records if r.job_id]
-        if not submission.arrays:  # nothing reached the scheduler: no record claims a submission
+        if not any(r.job_id for r in records):  # nothing reached the scheduler: no record claims a submission
             submission.path.unlink(missing_ok=True)
             raise
-        _finish(submission)
+        _finish(submission)  # the arrays before the failure run; the rest keep no job id
         raise
     _finish(submission)
     return submission
 
 
-def _finish(submission: manifest.Submission) -> None:
-    """Point every run directory at its attempt, record the submission, let its jobs start."""
-    for record in submission.arrays:
-        for task in record.tasks:
-            paths = RunPaths(Path(task.spec_path).parent.parent, task.label)
-            manifest.Attempt.of(submission, record, task).write(paths.submission_json)
+def _finish(submission: manifest.Submission, finished_ok: bool = False) -> None:
+    """Record the submission as submitted, then let its jobs start."""
     submission.state = "submitted"
     submission.save()
-    scheduler.release(r.job_id for r in submission.arrays if r.backend == "slurm")
+    scheduler.release((r.job_id for r in submission.arrays if r.backend == "slurm" and r.job_id), finished_ok)
 
 
 def _submit_array(plan: Plan, record: manifest.ArrayRecord) -> str:
@@ -292,18 +290,8 @@ def repair_unrecorded(registry: str) -> list[str]:
                     task.job_id = record.job_id if len(record.tasks) == 1 else f"{record.job_id}_{task.index}"
             if record.job_id and record.backend == "slurm":
                 _ensure_job_pickles(record)
-        submitted = [r for r in submission.arrays if r.job_id]
-        submission.arrays = submitted
-        if submitted:
-            for record in submitted:
-                for task in record.tasks:
-                    paths = RunPaths(Path(task.spec_path).parent.parent, task.label)
-                    manifest.Attempt.of(submission, record, task).write(paths.submission_json)
-            submission.state = "submitted"
-            submission.save()
-            for record in submitted:
-                if record.backend == "slurm":
-                    scheduler.release([record.job_id], finished_ok=True)
+        if any(r.job_id for r in submission.arrays):  # arrays keep their numbers: run directories point at them
+            _finish(submission, finished_ok=True)
         else:
             submission.state = "abandoned"
             submission.save()

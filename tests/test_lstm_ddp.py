@@ -191,7 +191,7 @@ def test_two_ranks_resume_after_sigusr2_with_every_step_once(tmp_path, data_cach
     assert_exited(wait(processes, root), EXIT_REQUEUE, root)
     status = read_status(paths)
     stopped = status["optimizer_step"]
-    assert status["state"] == "running" and status["interrupted_by"] == "SIGUSR2" and 5 <= stopped < 200
+    assert status["state"] == "interrupted" and status["interrupted_by"] == "SIGUSR2" and 5 <= stopped < 200
     assert latest_checkpoint(paths).name == f"step_{stopped:08d}.pt"
 
     assert_exited(wait(launch(spec, root, data_cache), root), 0, root)

@@ -123,14 +123,16 @@ def test_a_pending_task_cancelled_alone_is_cancelled_not_pending(module, fake_sl
     assert planned["counts"] == {"submit": 1, "completed": 0, "active": 2, "failed": 0, "over limit": 0}
 
 
-def test_a_job_the_scheduler_forgot_reads_its_run_directory_and_sacct(module, fake_slurm):
+def test_a_job_the_scheduler_forgot_reads_its_run_directory_and_sacct(module, fake_slurm, tmp_path):
     specs = registry(module, "ALPHA")
     record("ALPHA", specs, job_id="44")
     for spec in specs[:2]:
         atomic_write_json(RunPaths.of(spec.folder_name, spec.label).status_json,
                           {"state": "completed", "identity": spec.identity, "optimizer_step": 8})
     fake_slurm("sacct", "44_0|COMPLETED|00:00:09|0:0\n44_1|COMPLETED|00:00:09|0:0\n44_2|TIMEOUT|00:10:00|0:0\n")
-    result = cli(module, "status", "ALPHA", "--json")  # squeue knows none of them: exit 0, no error
+    (tmp_path / "bin" / "squeue").write_text(  # Slurm 22.05 on one forgotten id: exit 1
+        '#!/bin/sh\ncase "$*" in *-j*) echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1;; esac\n')
+    result = cli(module, "status", "ALPHA", "--json")
     assert result.returncode == 0 and result.stderr == ""
     assert [r["state"] for r in json.loads(result.stdout)["ALPHA"]] == ["completed", "completed", "timeout"]
 
@@ -156,9 +158,9 @@ def test_without_accounting_a_run_that_left_the_queue_is_never_running(module, f
 def test_another_registrys_attempt_on_the_same_run_directory_is_seen(module, fake_slurm):
     alpha = registry(module, "ALPHA")
     submission = record("ALPHA", alpha, job_id="900")
-    for task in submission.arrays[0].tasks:  # what execute() leaves in each run directory
-        manifest.Attempt.of(submission, submission.arrays[0], task).write(
-            RunPaths.of(task.folder_name, task.label).submission_json)
+    for spec, task in zip(alpha, submission.arrays[0].tasks):  # what execute() leaves in each run directory
+        atomic_write_json(RunPaths.of(task.folder_name, task.label).spec_json,
+                          {"spec": spec.to_dict(), "submission": manifest.Attempt.pointer(submission, 0, task)})
     fake_slurm("squeue", "900_0|RUNNING|0:10|orch-ALPHA-x-0|None|0|\n")
     shared = module.parent / "shared.py"
     shared.write_text(REGISTRIES + "\nALPHA_AGAIN = list(ALPHA)\n")
