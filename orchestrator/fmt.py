@@ -33,3 +33,30 @@ def console():
     from rich.console import Console
 
     return Console() if sys.stdout.isatty() else Console(width=220, soft_wrap=True)
+
+
+def table_text(columns, rows, right=(), title: str = "", caption: str = "", style_of=None):
+    """Rows as plain aligned columns in one rich ``Text``: a rich Table spends ~1 ms a row
+    measuring and wrapping cells, over a second for 1,000 experiments, for a layout that
+    never needs wrapping. ``right``: right-aligned columns; ``style_of(column, cell)``: a style
+    for a cell, or None. The last column is not padded (a long reason folds at the edge)."""
+    from rich.text import Text
+
+    cells = [list(columns)] + [list(row) for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    text = Text()
+    if title:
+        text.append(title + "\n", style="italic")
+    for number, row in enumerate(cells):
+        for i, (column, cell) in enumerate(zip(columns, row)):
+            last = i == len(columns) - 1
+            padded = cell.rjust(widths[i]) if column in right else (cell if last else cell.ljust(widths[i]))
+            style = "bold" if number == 0 else (style_of(column, cell) if style_of else None)
+            text.append(padded, style=style)
+            text.append("\n" if last else "  ")
+        if number == 0:
+            text.append("  ".join("-" * width for width in widths) + "\n")
+    if caption:
+        text.append(caption, style="dim")
+    text.rstrip()
+    return text

@@ -53,9 +53,12 @@ class ExperimentStatus:
     tokens_per_s: float | None = None
     reason: str = ""
     attempt: Attempt | None = dataclasses.field(default=None, repr=False)
+    occupied_by: str = dataclasses.field(default="", repr=False)  # another experiment's live or finished run
+
 
     def to_dict(self) -> dict:
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("spec", "attempt")}
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("spec", "attempt", "occupied_by")}
         return {"label": self.spec.label, "folder_name": self.spec.folder_name,
                 "identity": self.spec.identity, **data}
 
@@ -228,6 +231,11 @@ def _state(run: _Run, view: scheduler.View, running_jobs: set[str] | None) -> Ex
             entry.state = _local_state(attempt, on_disk)
 
     holder = run.holder if run.holder and run.holder.get("identity") in (None, spec.identity) else None
+    other = status.get("identity") if status and status.get("identity") not in (None, spec.identity) else None
+    if other and status.get("state") in ("completed", "diverged"):
+        entry.occupied_by = f"experiment {other} ({status.get('state')})"
+    elif run.holder and not holder and claim.holder_alive(run.holder, running_jobs):
+        entry.occupied_by = f"experiment {run.holder.get('identity')}, trained by {claim.describe(run.holder)}"
     if holder and on_disk != "completed" and claim.holder_alive(holder, running_jobs):
         if holder.get("job_id") != entry.job_id or entry.state not in ACTIVE_STATES:
             entry.state, entry.job_id = "running", holder.get("job_id")

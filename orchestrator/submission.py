@@ -121,6 +121,9 @@ def plan(registry: str, specs: list[ExperimentSpec], backend: str, policy: Polic
             action = "submit"
             chosen += 1
         fresh = action == "submit" and state in ("completed", "diverged")
+        if action == "submit" and status.occupied_by:
+            raise UsageError(f"{spec_dir(status.spec)} holds {status.occupied_by}, not {status.spec.identity} "
+                             f"({status.spec.run_name}); give this experiment another label or folder")
         decisions.append(Decision(status.spec, state, action, fresh))
 
     groups: dict[tuple, list[ExperimentSpec]] = {}
@@ -134,6 +137,10 @@ def plan(registry: str, specs: list[ExperimentSpec], backend: str, policy: Polic
             part = group[start:start + chunk] if chunk else group
             arrays.append(PlannedArray(resources(part[0]), part, parallel or default_parallel(backend) or len(part)))
     return Plan(registry, backend, decisions, arrays, max_requeues, snapshot, tuple(registry_modules))
+
+
+def spec_dir(spec: ExperimentSpec) -> Path:
+    return RunPaths.of(spec.folder_name, spec.label).run_dir
 
 
 def check_experiments(specs: list[ExperimentSpec], backend: str) -> None:

@@ -184,7 +184,7 @@ def test_one_torn_record_is_reported_once_and_everything_else_works(module, garb
     record("LOCAL", local, backend="local", job_id="999999")
     bad = manifest.submissions_dir("LOCAL") / "20990101T000000-bad.json"
     bad.write_text(garbage)
-    for args in (["status"], ["status", "LOCAL"], ["status", "l*"], ["submit", "LOCAL", "--dry-run"],
+    for args in (["status"], ["status", "LOCAL"], ["status", "l*"], ["status", "999999"], ["submit", "LOCAL", "--dry-run"],
                  ["retry", "LOCAL", "--dry-run"], ["cancel", "LOCAL", "-y"]):
         result = cli(module, *args)
         assert result.returncode == 0 and "Traceback" not in result.stderr, (args, result.stderr)
@@ -246,3 +246,14 @@ def test_sacct_rows_are_read_per_task_before_ranges():
     scheduler._read_sacct("7_[3-4]|PENDING|00:00:00|0:0\n7_1|FAILED|00:00:01|1:0\n7|COMPLETED|00:00:02|0:0\n", view)
     assert set(view.ended) == {"7_1", "7"} and set(view.ranges) == {"7_3", "7_4"}
     assert view.known_arrays == {"7"}
+
+
+def test_a_run_directory_holding_another_experiment_is_refused_at_submit(module):
+    first = registry(module, "LOCAL")[0]
+    other = gen_experim(24, label=first.label, folder_name=first.folder_name, partition="local",
+                        seq_length=32, target_effective_batch_size=8, train_tokens=2048)[0]
+    paths = RunPaths.of(first.folder_name, first.label)
+    atomic_write_json(paths.status_json, {"state": "completed", "identity": other.identity})
+    result = cli(module, "submit", "LOCAL", "--backend", "local", "--dry-run")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert f"{paths.run_dir} holds experiment {other.identity} (completed), not {first.identity}" in result.stderr

@@ -76,28 +76,14 @@ def run(args) -> int:
 
 
 def print_table(args, rows: list[dict], profiles) -> None:
-    """Plain aligned columns: a rich Table spends ~1 ms a row measuring and wrapping cells,
-    over a second for a 1,000-experiment registry, for a layout that never needs wrapping."""
-    from rich.text import Text
-
     total = sum(r["flops"] for r in rows)
-    cells = [COLUMNS] + [table_cells(r) for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
-    lines = ["  ".join(cell.ljust(width) if column in LEFT_COLUMNS else cell.rjust(width)
-                       for column, cell, width in zip(COLUMNS, row, widths))
-             for row in cells]
-    lines.insert(1, "  ".join("-" * width for width in widths))
     caption = (f"N: total (non-embedding) parameters; C = 6 N D; batch x accum from the memory planner on "
                f"the experiment's partition; wall time at {args.mfu:.0%} MFU of peak bf16 "
                f"(A100 {profiles['sphinx'].peak_bf16_tflops:g}, H200 {profiles['miso'].peak_bf16_tflops:g} "
                f"TFLOP/s per GPU)")
-    text = Text()
-    text.append(f"{args.registry}: {len(rows)} experiments, {fmt.flops(total)} FLOPs", style="italic")
-    text.append("\n")
-    text.append(lines[0], style="bold")
-    text.append("\n" + "\n".join(lines[1:]) + "\n")
-    text.append(caption, style="dim")
-    text.highlight_words(["no fit"], style="red")
+    text = fmt.table_text(COLUMNS, [table_cells(r) for r in rows], right=set(COLUMNS) - set(LEFT_COLUMNS),
+                          title=f"{args.registry}: {len(rows)} experiments, {fmt.flops(total)} FLOPs",
+                          caption=caption, style_of=lambda column, cell: "red" if cell == "no fit" else None)
     # soft wrap: a terminal narrower than the table folds lines rather than rich re-wrapping words
     fmt.console().print(text, soft_wrap=True)
 

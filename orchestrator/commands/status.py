@@ -34,27 +34,31 @@ def collect(selector, extra_modules) -> dict:
     return experiment_states_of(select(selector, extra_modules))
 
 
+COLUMNS = ("label", "state", "job", "elapsed", "step", "tokens", "loss", "val loss", "reason")
+
+
 def render(by_registry: dict):
     from rich.console import Group
-    from rich.table import Table
+    from rich.text import Text
 
     from orchestrator.status import summarize
 
-    tables = []
+    parts = []
     for name, statuses in by_registry.items():
-        counts = ", ".join(f"[{STATE_STYLE.get(s, '')}]{n} {s}[/]" for s, n in summarize(statuses).items())
-        table = Table(title=f"{name}: {len(statuses)} experiments", caption=counts, caption_justify="left")
-        for column in ("label", "state", "job", "elapsed", "step", "tokens", "loss", "val loss", "reason"):
-            table.add_column(column, justify="right" if column in ("step", "tokens", "loss", "val loss") else "left",
-                             overflow="fold" if column == "reason" else "ellipsis")
-        for s in statuses:
-            table.add_row(s.spec.run_name, f"[{STATE_STYLE.get(s.state, '')}]{s.state}[/]", s.job_id or "",
-                          s.elapsed, "" if s.optimizer_step is None else str(s.optimizer_step),
-                          "" if s.tokens_processed is None else fmt.count(s.tokens_processed),
-                          "" if s.loss is None else f"{s.loss:.4f}", "" if s.val_loss is None else f"{s.val_loss:.4f}",
-                          s.reason[-200:])
-        tables.append(table)
-    return Group(*tables)
+        rows = [(s.spec.run_name, s.state, s.job_id or "", s.elapsed,
+                 "" if s.optimizer_step is None else str(s.optimizer_step),
+                 "" if s.tokens_processed is None else fmt.count(s.tokens_processed),
+                 "" if s.loss is None else f"{s.loss:.4f}", "" if s.val_loss is None else f"{s.val_loss:.4f}",
+                 s.reason[-200:]) for s in statuses]
+        parts.append(fmt.table_text(COLUMNS, rows, right={"step", "tokens", "loss", "val loss"},
+                                    title=f"{name}: {len(statuses)} experiments",
+                                    style_of=lambda column, cell: STATE_STYLE.get(cell) if column == "state" else None))
+        counts = Text()
+        for number, (state, n) in enumerate(summarize(statuses).items()):
+            counts.append(", " if number else "")
+            counts.append(f"{n} {state}", style=STATE_STYLE.get(state))
+        parts.append(counts)
+    return Group(*parts)
 
 
 def run(args) -> int:
