@@ -6,6 +6,7 @@ Every test drives ``python -m orchestrator`` as a user would and reads the outco
 through ``status --json`` and the run directories (helpers from test_slurm_integration).
 """
 
+import contextlib
 import json
 import os
 import subprocess
@@ -57,6 +58,16 @@ def cancel_quietly(job_id):
 
 def step_at_least(label, n):
     return lambda rows: rows[label]["state"] == "running" and (rows[label]["optimizer_step"] or 0) >= n
+
+
+@contextlib.contextmanager
+def long_run_in_progress(study, *submit_args):
+    """LONG submitted and past step 20; yields (job id, its status row); cancelled at the end."""
+    job = submitted_job(study, "LONG", *submit_args)["arrays"][0]["job_id"]
+    try:
+        yield job, wait_for(study, "LONG", step_at_least("long", 20), timeout_s=120, what="progress")["long"]
+    finally:
+        cancel_quietly(job)
 
 
 def test_a_finished_study_still_works_once_slurm_has_forgotten_its_jobs(study):
@@ -153,27 +164,21 @@ def test_a_pending_task_cancelled_in_the_middle_of_an_array_is_cancelled_at_once
 
 
 def test_scontrol_requeue_shows_requeued_and_sigterm_shows_interrupted(study):
-    job = submitted_job(study, "LONG")["arrays"][0]["job_id"]
-    try:
-        before = wait_for(study, "LONG", step_at_least("long", 20), timeout_s=120, what="progress")
+    with long_run_in_progress(study) as (job, before):
         subprocess.run(["scontrol", "requeue", job], check=True)
         wait_for(study, "LONG", lambda rows: rows["long"]["state"] == "requeued", timeout_s=30, what="requeued")
         # past the step it had reached: the new attempt trains (a TERM during start-up is not ours to handle)
-        wait_for(study, "LONG", step_at_least("long", before["long"]["optimizer_step"] + 50), timeout_s=120,
+        wait_for(study, "LONG", step_at_least("long", before["optimizer_step"] + 50), timeout_s=120,
                  what="the requeued run to train")
         subprocess.run(["scancel", "--signal", "TERM", job], check=True)
         rows = wait_for(study, "LONG", lambda rows: rows["long"]["state"] not in ("running", "pending"),
                         timeout_s=60, what="the run to stop")
         assert rows["long"]["state"] == "interrupted"
         assert "stopped by SIGTERM after step" in rows["long"]["reason"] and "checkpoint step_" in rows["long"]["reason"]
-    finally:
-        cancel_quietly(job)
 
 
 def test_a_manual_usr2_is_a_preemption_and_spends_no_timeout_credit(study):
-    job = submitted_job(study, "LONG", "--max-requeues", "0")["arrays"][0]["job_id"]
-    try:
-        wait_for(study, "LONG", step_at_least("long", 20), timeout_s=120, what="progress")
+    with long_run_in_progress(study, "--max-requeues", "0") as (job, _):
         subprocess.run(["scancel", "--signal", "USR2", job], check=True)
         wait_for(study, "LONG", lambda rows: rows["long"]["state"] == "requeued", timeout_s=60, what="requeued")
         rows = wait_for(study, "LONG", lambda rows: rows["long"]["state"] not in ("requeued", "pending", "running"),
@@ -181,14 +186,10 @@ def test_a_manual_usr2_is_a_preemption_and_spends_no_timeout_credit(study):
         assert rows["long"]["state"] == "completed", rows["long"]
         config = json.loads((results_dir() / "faults" / "config_long.json").read_text())
         assert "/code" in config["code"] and Path(config["code"], "SNAPSHOT.json").is_file()  # a requeue runs its snapshot
-    finally:
-        cancel_quietly(job)
 
 
 def test_a_run_out_of_requeues_at_its_time_limit_ends_as_timeout_with_a_reason(study):
-    job = submitted_job(study, "LONG", "--max-requeues", "0")["arrays"][0]["job_id"]
-    try:
-        wait_for(study, "LONG", step_at_least("long", 20), timeout_s=120, what="progress")
+    with long_run_in_progress(study, "--max-requeues", "0") as (job, _):
         subprocess.run(["scontrol", "update", f"jobid={job}", "TimeLimit=2"], check=True)  # now ~100 s to go
         subprocess.run(["scancel", "--signal", "USR2", job], check=True)
         rows = wait_for(study, "LONG", lambda rows: rows["long"]["state"] not in ("running", "pending", "requeued"),
@@ -196,8 +197,6 @@ def test_a_run_out_of_requeues_at_its_time_limit_ends_as_timeout_with_a_reason(s
         assert rows["long"]["state"] == "timeout", rows["long"]
         assert "reached its time limit (2:00)" in rows["long"]["reason"] and "--max-requeues 0" in rows["long"]["reason"]
         assert "UncompletedJobError" not in rows["long"]["reason"]
-    finally:
-        cancel_quietly(job)
 
 
 @pytest.mark.parametrize("registry, message", [
