@@ -36,9 +36,18 @@ def test_snapshot_holds_the_project_packages(code):
     assert (code / "slurm_templates" / "sphinx.yaml").is_file()
 
 
-def test_snapshot_leaves_out_caches_and_tests(code):
-    assert (REPO / "orchestrator" / "__pycache__").is_dir()  # there was something to leave out
+def test_snapshot_leaves_out_caches_and_tests(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    for junk in ("orchestrator/__pycache__/x.cpython-311.pyc", "orchestrator/stale.pyc", "workloads/tests/t.py",
+                 "workloads/results/r.csv"):
+        (project / junk).parent.mkdir(parents=True, exist_ok=True)
+        (project / junk).write_text("junk")
+    (project / "orchestrator" / "__init__.py").write_text("")
+    (project / "workloads" / "__init__.py").write_text("")
+    monkeypatch.setattr(snapshot, "project_root", lambda: project)
+    code = snapshot.take(tmp_path / "code")
     names = {p.name for p in code.rglob("*")}
+    assert {"orchestrator", "workloads", "__init__.py"} <= names
     assert "__pycache__" not in names and "tests" not in names and "results" not in names
     assert not list(code.rglob("*.pyc"))
 
