@@ -30,6 +30,7 @@ from orchestrator.scheduler import SchedulerError
 from orchestrator.snapshot import pythonpath
 
 BACKENDS = ("auto", "slurm", "local", "debug")
+SIGNAL_DELAY_S = 90  # --signal=USR2@90: the trainer's time to checkpoint before a time limit
 
 
 def resolve_backend(name: str, partitions=()) -> tuple[str, str]:
@@ -86,7 +87,7 @@ def slurm_parameters(profile: Profile, resources: dict, parallel: int, name: str
         "nodes": 1,
         "ntasks_per_node": gpus,
         "array_parallelism": parallel,
-        "signal_delay_s": 90,
+        "signal_delay_s": SIGNAL_DELAY_S,
         "additional_parameters": {"hold": True},  # released once the submission records the job ids
     }
     if code_dir is not None:

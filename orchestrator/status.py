@@ -206,7 +206,7 @@ def experiment_states_of(selected: dict[str, list[ExperimentSpec]],
     view = scheduler.query(arrays, names) if names else scheduler.View()
     if view.accounting_error:
         note_once(f"sacct cannot answer ({view.accounting_error}): states come from squeue and the run "
-                     "directories; how a job that left the queue ended is read from its run directory only")
+                  "directories; how a job that left the queue ended is read from its run directory only")
     running_jobs = {job for job, info in view.queued.items() if info.state == "running"} if names else None
     return {registry: [_state(run, view, running_jobs) for run in group] for registry, group in runs.items()}
 
@@ -250,9 +250,9 @@ def _state(run: _Run, view: scheduler.View, running_jobs: set[str] | None) -> Ex
     _metrics(entry, run.metrics_csv, status if on_disk else None)
     if entry.state in RETRYABLE_STATES | {"requeued"} and not entry.reason and on_disk:
         entry.reason = (status or {}).get("reason") or (status or {}).get("error") or ""
-    if entry.state in RETRYABLE_STATES and not entry.reason:
-        if not entry.reason and attempt and attempt.backend == "slurm" and entry.job_id:
-            entry.reason = log_tail(attempt.log_folder, entry.job_id)
+    if entry.state in RETRYABLE_STATES and not entry.reason and attempt and attempt.backend == "slurm" \
+            and entry.job_id:
+        entry.reason = log_tail(attempt.log_folder, entry.job_id)
     return entry
 
 

@@ -21,7 +21,8 @@ import shutil
 from pathlib import Path
 
 from orchestrator import claim, manifest, scheduler
-from orchestrator.backends import code_environment, default_parallel, detached_children, make_executor
+from orchestrator.backends import (SIGNAL_DELAY_S, code_environment, default_parallel, detached_children,
+                                   make_executor)
 from orchestrator.errors import UsageError
 from orchestrator.paths import RunPaths, create_or_replace_json, results_root
 from orchestrator.planner import plan_batch
@@ -31,9 +32,8 @@ from orchestrator.spec import ExperimentSpec
 from orchestrator.status import ACTIVE_STATES, RETRYABLE_STATES, experiment_states
 
 RESOURCE_FIELDS = ("partition", "gpus", "time_min", "mem_gb", "cpus_per_gpu")
-# submitit asks for --signal=USR2@90 and slurmctld checks limits every 30 s, so the signal
-# can come 120 s before the limit; a run needs at least a minute of that time to train
-SIGNAL_DELAY_S = 90
+# the USR2 signal comes SIGNAL_DELAY_S before the limit, up to 30 s early (slurmctld checks
+# limits every 30 s); a run needs at least a minute more than that to train
 MIN_SLURM_TIME_MIN = 3
 
 INTERRUPTED_STATES = frozenset({"cancelled", "timeout", "interrupted", "missing"})
