@@ -37,6 +37,12 @@ FTOL = 1e-12
 GTOL = 1e-9
 # a term with more distinct values than this is exponentiated per point, not gathered from levels
 MAX_GATHERED_LEVELS = 24
+# The minimiser is unbounded (plain L-BFGS), so this box is not a constraint: it is where a
+# fit stops measuring. Outside it a term has been traded for another (E -> 0 while a power
+# term takes the floor, an exponent -> 0 or runs high with its coefficient -> inf). Rows
+# [e, a, b, alpha, beta] as (low, high): E in [1e-3, 1e3], A and B in [e^-10, e^100],
+# exponents in [0, 3] (measured exponents are ~0.05-0.6).
+PARAMETER_BOX = np.array([[-7.0, 7.0], [-10.0, 100.0], [-10.0, 100.0], [0.0, 3.0], [0.0, 3.0]])
 
 
 def paper_grid(n_terms: int = 2) -> np.ndarray:
@@ -253,6 +259,7 @@ class GridFit:
     n_starts: int
     n_converged: int
     local_optima: np.ndarray  # best distinct endpoints, best first (for bootstrap restarts)
+    objectives: np.ndarray  # (S,) every start's final objective, inf where not finite
 
 
 def minimize_grid(logx, logy, starts, *, delta=HUBER_DELTA, ftol=FTOL, gtol=GTOL,
@@ -269,7 +276,8 @@ def minimize_grid(logx, logy, starts, *, delta=HUBER_DELTA, ftol=FTOL, gtol=GTOL
             optima.append(i)
     best = order[0]
     return GridFit(theta=result.x[best], objective=float(fun[best]), n_starts=len(starts),
-                   n_converged=int(result.converged.sum()), local_optima=result.x[optima])
+                   n_converged=int(result.converged.sum()), local_optima=result.x[optima],
+                   objectives=fun)
 
 
 def scipy_reference(logx, logy, starts, *, delta=HUBER_DELTA, ftol=FTOL, gtol=GTOL):
@@ -383,6 +391,13 @@ class ScalingLawFit:
     level: float = 0.95
     settings: dict = dataclasses.field(default_factory=dict)
     data: object = None  # the N, D, loss table used (a DataFrame)
+    start_objectives: np.ndarray | None = None  # (S,) each grid start's final objective
+    grid_box: np.ndarray | None = None  # (5, 2) the span of the starts, rows as PARAMETER_BOX
+
+    @property
+    def theta(self) -> np.ndarray:
+        """The optimum as [e, a, b, alpha, beta], the coordinates of PARAMETER_BOX."""
+        return sample_thetas(np.array([[getattr(self.law, p) for p in PARAMETERS]]))[0]
 
     def interval(self, values) -> tuple[float, float]:
         """Percentile interval of bootstrap values at ``level`` (NaN without a bootstrap)."""
@@ -473,7 +488,8 @@ def fit_scaling_law(df, *, n_col="N", d_col="D", loss_col="loss", bootstrap=200,
         settings={"huber_delta": delta, "n_starts": best.n_starts, "grid": "paper" if grid is None else "custom",
                   "ftol": FTOL, "gtol": GTOL, "bootstrap": int(bootstrap), "seed": int(seed),
                   "level": level, "optimizer": "batched L-BFGS (analysis.lbfgs)"},
-        data=pd.DataFrame({"N": N, "D": D, "loss": loss}))
+        data=pd.DataFrame({"N": N, "D": D, "loss": loss}), start_objectives=best.objectives,
+        grid_box=np.column_stack([starts.min(axis=0), starts.max(axis=0)]))
 
 
 def bootstrap_samples(logx, logy, restarts, n_resamples, seed, delta=HUBER_DELTA) -> np.ndarray:
@@ -497,3 +513,17 @@ def bootstrap_samples(logx, logy, restarts, n_resamples, seed, delta=HUBER_DELTA
     e, a, b, alpha, beta = best.T
     with np.errstate(over="ignore"):  # a resample that runs off to A = inf is dropped by interval()
         return np.column_stack([np.exp(e), np.exp(a), np.exp(b), alpha, beta])
+
+
+def sample_thetas(samples) -> np.ndarray:
+    """Rows (E, A, B, alpha, beta) back to [e, a, b, alpha, beta]; a run-off A = inf gives inf."""
+    samples = np.asarray(samples, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.column_stack([np.log(samples[:, :3]), samples[:, 3:]])
+
+
+def outside_box(thetas) -> np.ndarray:
+    """(R, 5) True where a parameter row [e, a, b, alpha, beta] is at or beyond PARAMETER_BOX
+    (or not finite)."""
+    thetas = np.atleast_2d(thetas)
+    return ~((thetas > PARAMETER_BOX[:, 0]) & (thetas < PARAMETER_BOX[:, 1]))

@@ -2,7 +2,8 @@
 
 ``analyze(study)`` runs Approach 3 (with its bootstrap and the compute-optimal
 predictions), Approaches 1 and 2, L(N) and L(C), catching nothing but design limits:
-an approach that does not apply is recorded with its reason. ``Analysis.write(out_dir)``
+an approach that does not apply is recorded with its reason. ``checks.review`` then says
+how far the Approach 3 fit can be trusted (the "checks" section). ``Analysis.write(out_dir)``
 writes ``report.json`` and the plots; the JSON holds the parameters, their intervals,
 the runs used and left out, and the settings, so a result can be traced and re-run.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import approaches
+from analysis import approaches, checks
 from analysis.chinchilla import ScalingLawFit, check_design, fit_scaling_law
 from analysis.loader import Study
 
@@ -35,6 +36,7 @@ class Analysis:
     size_laws: list[approaches.SaturatingLaw]
     compute_law: approaches.SaturatingLaw
     settings: dict
+    review: checks.Review  # how far to trust Approach 3, and why
 
     def to_dict(self) -> dict:
         runs = self.study.runs
@@ -62,6 +64,7 @@ class Analysis:
             "approach2": self.approach2.to_dict(),
             "loss_vs_size": [f.to_dict() for f in self.size_laws],
             "loss_vs_compute": self.compute_law.to_dict(),
+            "checks": self.review.to_dict(),
         })
 
     def write(self, out_dir) -> list[Path]:
@@ -111,6 +114,7 @@ def analyze(study: Study, *, budgets=None, bootstrap=200, seed=0, params="total"
         size_laws=approaches.loss_vs_size(runs, n_col=n_col),
         compute_law=approaches.loss_vs_compute(runs, approach1.points) if len(runs) else
         approaches.SaturatingLaw("C", "L(C)", reason="no usable runs"),
+        review=checks.review(study, law, n_col=n_col, law_reason=reason),
         settings={"budgets": budgets, "bootstrap": int(bootstrap), "seed": int(seed), "params": params,
                   "loss": "final validation loss, else mean training loss of the last 10% of steps",
                   "flops": "C = 6 * total_params * tokens"})

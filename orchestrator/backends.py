@@ -71,6 +71,7 @@ def ping_controller(timeout_s: float = 10) -> None:
         raise SchedulerError(f"no Slurm controller answers: scontrol ping took over {timeout_s:.0f} s") from None
     if "is UP" not in result.stdout:  # older Slurm says DOWN with exit status 0
         said = result.stdout.strip() or result.stderr.strip() or f"exit status {result.returncode}"
+        said = said.split("*")[0]  # 22.05 follows "... is DOWN" with a banner of asterisks
         raise SchedulerError(f"no Slurm controller answers: scontrol ping: {' '.join(said.split())}")
 
 

@@ -15,10 +15,15 @@ class UsageError(ValueError):
 
 
 def unknown(kind: str, value, valid) -> UsageError:
-    """``unknown partition 'sphnix' (did you mean 'sphinx'?); known: local, miso, sphinx``."""
+    """``unknown partition 'sphnix' (did you mean 'sphinx'?); known: local, miso, sphinx``.
+
+    Names are compared case-folded (``quickstart`` finds ``QUICKSTART``, which difflib alone
+    rates too far apart to suggest); the suggestion shows the name as it is spelled.
+    """
     valid = sorted(str(v) for v in valid)
-    close = difflib.get_close_matches(str(value), valid, n=1, cutoff=0.5)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    folded = {name.casefold(): name for name in valid}
+    close = difflib.get_close_matches(str(value).casefold(), folded, n=1, cutoff=0.5)
+    hint = f" (did you mean {folded[close[0]]!r}?)" if close else ""
     return UsageError(f"unknown {kind} {value!r}{hint}; known: {', '.join(valid) or '(none)'}")
 
 

@@ -16,9 +16,11 @@ def flops(c: float) -> str:
 
 
 def duration(seconds: float) -> str:
-    """90 -> '1.5m', 5400 -> '1.5h', 3 days -> '3.0d'."""
+    """0.04 -> '0.04s', 7.25 -> '7.2s', 90 -> '1.5m', 5400 -> '1.5h', 3 days -> '3.0d' (never a bare '0s')."""
+    if seconds < 0.1:
+        return f"{seconds:.2g}s"
     if seconds < 60:
-        return f"{seconds:.0f}s"
+        return f"{seconds:.1f}s"
     if seconds < 3600:
         return f"{seconds / 60:.1f}m"
     if seconds < 86400:

@@ -17,6 +17,7 @@ from orchestrator.errors import UsageError, unknown
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "slurm_templates"
 BACKENDS = ("slurm", "local")
 GPU_REQUESTS = ("gres", "gpus_per_task", "none")
+DEFAULT_MAX_REQUEUES = 3  # time-limit requeues of a run unless --max-requeues says otherwise
 
 
 @dataclasses.dataclass(frozen=True)

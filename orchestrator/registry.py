@@ -111,6 +111,12 @@ def check_duplicates(name: str, specs: list[ExperimentSpec]) -> None:
         by_identity[spec.identity] = spec
         if spec.run_name in by_output:
             first = by_output[spec.run_name]
+            a, b = first.to_dict(), spec.to_dict()
+            differ = [field for field in a if a[field] != b.get(field)]
+            shown = ", ".join(f"{field}: {a[field]!r} vs {b.get(field)!r}" for field in differ[:5])
+            more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
+            example = f'label=f"{spec.label}_{{{differ[0]}}}"' if differ else "a label of its own"
             raise UsageError(f"registry {name}: two different experiments write {spec.run_name} "
-                             f"(identities {first.identity} and {spec.identity})")
+                             f"(identities {first.identity} and {spec.identity}; they differ in {shown}{more}): "
+                             f"give each variant its own label, e.g. {example}")
         by_output[spec.run_name] = spec

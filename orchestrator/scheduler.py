@@ -166,12 +166,15 @@ def find_jobs_by_name(name: str) -> list[str]:
     return sorted({array_of(line.strip()) for line in found.splitlines() if line.strip()})
 
 
+DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default
+
+
 @functools.lru_cache(maxsize=None)
 def max_array_size() -> int:
     """The cluster's MaxArraySize: array indices must be below it."""
     out = _run(["scontrol", "show", "config"])
     match = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.MULTILINE)
-    return int(match.group(1)) if match else 1001
+    return int(match.group(1)) if match else DEFAULT_MAX_ARRAY_SIZE
 
 
 def cancel(job_ids: Iterable[str]) -> None:

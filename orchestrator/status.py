@@ -248,12 +248,30 @@ def _state(run: _Run, view: scheduler.View, running_jobs: set[str] | None) -> Ex
         entry.state = on_disk
 
     _metrics(entry, run.metrics_csv, status if on_disk else None)
+    if not entry.elapsed:  # the local backend (and Slurm without accounting) has no scheduler to say it
+        entry.elapsed = _elapsed(holder if entry.state == "running" else None, status if on_disk else None)
     if entry.state in RETRYABLE_STATES | {"requeued"} and not entry.reason and on_disk:
         entry.reason = (status or {}).get("reason") or (status or {}).get("error") or ""
     if entry.state in RETRYABLE_STATES and not entry.reason and attempt and attempt.backend == "slurm" \
             and entry.job_id:
         entry.reason = log_tail(attempt.log_folder, entry.job_id)
     return entry
+
+
+def _elapsed(holder: dict | None, status: dict | None) -> str:
+    """H:MM:SS since a live claim started, or the training time a finished run recorded."""
+    seconds = None
+    if holder and holder.get("started"):
+        try:
+            seconds = _age_s(holder["started"])
+        except (TypeError, ValueError):
+            pass
+    elif status:
+        seconds = _number(status.get("elapsed_s"))
+    if seconds is None or seconds < 0:
+        return ""
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def _metrics(entry: ExperimentStatus, csv_path: str | None, status: dict | None) -> None:

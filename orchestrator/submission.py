@@ -99,8 +99,10 @@ def check_options(limit: int | None, parallel: int | None, max_requeues: int) ->
 
 def plan(registry: str, specs: list[ExperimentSpec], backend: str, policy: Policy = Policy(),
          limit: int | None = None, parallel: int | None = None, max_requeues: int = 3,
-         snapshot: bool = True, registry_modules=(), check: bool = True) -> Plan:
-    """``check=False``: the caller has run ``check_experiments`` already."""
+         snapshot: bool = True, registry_modules=(), check: bool = True,
+         max_array_size: int | None = None) -> Plan:
+    """``check=False``: the caller has run ``check_experiments`` already; ``max_array_size``:
+    split arrays at this size instead of asking the cluster (a dry run without one)."""
     check_options(limit, parallel, max_requeues)
     if check:
         check_experiments(specs, backend)
@@ -130,7 +132,7 @@ def plan(registry: str, specs: list[ExperimentSpec], backend: str, policy: Polic
     for decision in decisions:
         if decision.action == "submit":
             groups.setdefault(tuple(resources(decision.spec).values()), []).append(decision.spec)
-    chunk = scheduler.max_array_size() if backend == "slurm" and groups else None
+    chunk = (max_array_size or scheduler.max_array_size()) if backend == "slurm" and groups else None
     arrays = []
     for group in groups.values():
         for start in range(0, len(group), chunk or len(group)):
@@ -143,8 +145,9 @@ def spec_dir(spec: ExperimentSpec) -> Path:
     return RunPaths.of(spec.folder_name, spec.label).run_dir
 
 
-def check_experiments(specs: list[ExperimentSpec], backend: str) -> None:
-    """Refuse here, in one line, what would otherwise be queued and fail on the node."""
+def check_experiments(specs: list[ExperimentSpec], backend: str, nodes: bool = True) -> None:
+    """Refuse here, in one line, what would otherwise be queued and fail on the node.
+    ``nodes=False``: no cluster to ask about its nodes (a dry run on a laptop)."""
     profiles = {}
     for spec in specs:
         profile = profiles.get(spec.partition) or profiles.setdefault(spec.partition, get_profile(spec.partition))
@@ -162,7 +165,8 @@ def check_experiments(specs: list[ExperimentSpec], backend: str) -> None:
             raise UsageError(f"{spec.run_name}: time_min={time_min} leaves no room for the checkpoint signal "
                              f"(Slurm sends it {SIGNAL_DELAY_S} s before the limit, up to 30 s early); the "
                              f"minimum is {MIN_SLURM_TIME_MIN}")
-        scheduler.check_resources(partition, gpus, gpus * cpus_per_gpu, mem_gb, spec.run_name)
+        if nodes:
+            scheduler.check_resources(partition, gpus, gpus * cpus_per_gpu, mem_gb, spec.run_name)
 
 
 def archive_outputs(spec: ExperimentSpec) -> Path | None:

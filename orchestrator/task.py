@@ -28,10 +28,10 @@ import submitit
 
 from orchestrator import claim
 from orchestrator.paths import RunPaths, atomic_write_json, read_status
+from orchestrator.profiles import DEFAULT_MAX_REQUEUES
 from orchestrator.spec import load_spec
 from orchestrator.workers import available_cpus
 
-DEFAULT_MAX_REQUEUES = 3
 EXIT_REQUEUE = 75  # the trainer's "stopped with a checkpoint, run me again"
 # USR2 comes 90 s before the limit (up to 30 s early); a stop with less time left than
 # this is the time limit, one with more is a preemption or a manual signal

@@ -81,6 +81,41 @@ def test_runs_that_are_not_usable_are_listed(folder, capsys):
     assert f"problem {broken.metrics_csv}: truncated" in out
 
 
+def test_the_summary_counts_problems_in_words_and_lists_each(folder, capsys):
+    labels = sorted(p.stem for p in folder.glob("*.csv"))
+    first, second = (RunPaths.of("grid", label, folder.parent).metrics_csv for label in labels[:2])
+    first.write_text(first.read_text()[:-9])
+    assert main(["analyze", str(folder), "--bootstrap", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "1 with a problem" in out and f"problem {first}: truncated" in out
+    second.write_text(second.read_text()[:-9])
+    assert main(["analyze", str(folder), "--bootstrap", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "2 with problems" in out and f"problem {first}" in out and f"problem {second}" in out
+
+
+def test_the_target_may_follow_the_budgets(folder, capsys):
+    assert main(["analyze", "--budget", "1e21", "1e22", str(folder), "--bootstrap", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["settings"]["budgets"] == [1e21, 1e22]
+    assert main(["analyze", "--budget", "1e21", str(folder), "--budget", "1e23", "--bootstrap", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["settings"]["budgets"] == [1e21, 1e23]
+    assert main(["analyze", "--budget", "1e15", "QUICKSTART"]) == 2  # parsed: it only has no runs yet
+    assert "no usable runs in registry QUICKSTART" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [[], ["--budget", "1e21"]])
+def test_analyze_without_a_target_says_what_it_needs(capsys, args):
+    assert main(["analyze", *args]) == 2
+    assert capsys.readouterr().err.strip() == "error: analyze needs a REGISTRY or FOLDER"
+
+
+def test_a_file_is_not_a_results_folder(folder, capsys):
+    csv = sorted(folder.glob("*.csv"))[0]
+    assert main(["analyze", str(csv)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {csv} is a file; analyze reads a results folder, e.g. {folder}")
+
+
 def test_a_design_without_separate_n_and_d_says_why_approach_3_was_not_fitted(tmp_path, capsys):
     write_study(tmp_path, "tpp", PAPER, [(n, 20 * n) for n in np.geomspace(1e7, 1e10, 12)], noise=0.0)
     assert main(["analyze", str(tmp_path / "tpp"), "--bootstrap", "0"]) == 0
@@ -92,6 +127,9 @@ def test_a_design_without_separate_n_and_d_says_why_approach_3_was_not_fitted(tm
 @pytest.mark.parametrize("args, message", [
     (["--budget", "lots"], "--budget must be a positive number of FLOPs such as 1e21, got 'lots'"),
     (["--budget", "1e21", "0"], "--budget must be a positive number of FLOPs such as 1e21, got '0'"),
+    (["--budget=-1e15"], "--budget must be a positive number of FLOPs such as 1e21, got '-1e15'"),
+    (["--budget", "-1e15"], "--budget must be a positive number of FLOPs such as 1e21, got '-1e15'"),
+    (["--budget", "1e21", "-2.5e-3"], "--budget must be a positive number of FLOPs such as 1e21, got '-2.5e-3'"),
     (["--bootstrap", "-3"], "--bootstrap must be >= 0"),
 ])
 def test_bad_options_are_one_line_and_exit_status_2(folder, capsys, args, message):
@@ -120,3 +158,14 @@ def test_the_command_module_imports_nothing_heavy():
             "print([m for m in ('pandas', 'numpy', 'scipy', 'matplotlib', 'torch') if m in sys.modules])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_study_takes_its_registry_after_the_budgets_too():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "orchestrator", "study", "--budget", "1e15", "QUIKSTART"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: unknown registry 'QUIKSTART' (did you mean 'QUICKSTART'?); known: "
+                                     + result.stderr.split("known: ")[1].strip())

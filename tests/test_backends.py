@@ -74,9 +74,30 @@ def test_explicit_slurm_without_a_controller_is_one_line_and_exit_1(tmp_path, mo
     from orchestrator.cli import main
 
     fake_slurm(tmp_path, monkeypatch, DOWN_EXIT_1)
-    assert main(["submit", "QUICKSTART", "--backend", "slurm", "--dry-run"]) == 1
+    assert main(["submit", "TRANSFORMER_SCALING", "--backend", "slurm"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: no Slurm controller answers: scontrol ping:") and err.count("\n") == 1
+
+
+def test_a_slurm_dry_run_on_a_laptop_prints_the_sbatch_flags(tmp_path, monkeypatch, capsys):
+    import json
+
+    from orchestrator.cli import main
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no Slurm at all
+    assert main(["submit", "TRANSFORMER_SCALING", "--backend", "slurm", "--dry-run", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["backend"] == "slurm" and out["counts"]["submit"] == 25
+    assert "--partition=sphinx" in out["arrays"][0]["sbatch"] and "--signal=USR2@90" in out["arrays"][0]["sbatch"]
+
+
+def test_a_gpu_registry_run_locally_says_so(tmp_path, monkeypatch, capsys):
+    from orchestrator.cli import main
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert main(["submit", "TRANSFORMER_SCALING", "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("warning: TRANSFORMER_SCALING is written for sphinx, and runs on this machine's CPU")
 
 
 def test_a_controller_that_hangs_counts_as_not_answering(tmp_path, monkeypatch):

@@ -128,3 +128,39 @@ def test_a_scheduler_that_does_not_answer_is_one_line_not_a_traceback(tmp_path):
     result = cli("status", "QUICKSTART", env={"PATH": str(no_slurm)})
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == "error: squeue not found: is Slurm installed on this machine?"
+
+
+def test_the_readme_commands_table_is_one_table_with_every_verb():
+    from pathlib import Path
+
+    from orchestrator.cli import COMMANDS
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Commands\n", 1)[1].split("\n## ", 1)[0].strip()
+    table = section.split("\n\n", 1)[0].splitlines()  # a blank line would end the table there
+    assert table[:2] == ["| command | what it does |", "| --- | --- |"]
+    assert all(row.startswith("| `python -m orchestrator ") and row.replace("\\|", "").count("|") == 3
+               for row in table[2:])
+    assert {row.split()[4].rstrip("`") for row in table[2:]} == set(COMMANDS)
+
+
+@pytest.mark.parametrize("submitted, arrays, failed, expected", [
+    (1, 1, 1, ["R: submitted 1 experiment in 1 array [7 (1 task)] on the local backend",
+               "1 failed, timed-out, cancelled or diverged experiment was not resubmitted"]),
+    (2, 2, 3, ["R: submitted 2 experiments in 2 arrays [7 (1 task), 8 (1 task)] on the local backend",
+               "3 failed, timed-out, cancelled or diverged experiments were not resubmitted"]),
+])
+def test_the_submit_report_says_one_experiment_and_many_experiments(capsys, submitted, arrays, failed, expected):
+    from types import SimpleNamespace
+
+    from orchestrator.commands import submit
+
+    counts = {"submit": submitted, "failed": failed}
+    plan = SimpleNamespace(registry="R", backend="local", arrays=[None] * arrays,
+                           count=lambda action: counts.get(action, 0))
+    done = SimpleNamespace(arrays=[SimpleNamespace(job_id=str(7 + i), tasks=[None], resources={}, parallel=1)
+                                   for i in range(arrays)])
+    submit.report(SimpleNamespace(json=False, dry_run=False), plan, done, [], "requested")
+    out = capsys.readouterr().out
+    for text in expected:
+        assert text in out, out

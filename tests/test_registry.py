@@ -76,6 +76,11 @@ def test_unknown_registry_suggests_close_names():
         load_registry("TRANSFORMER_SCALNG")
 
 
+def test_unknown_registry_suggestions_ignore_case():
+    with pytest.raises(UsageError, match="unknown registry 'quickstart' \\(did you mean 'QUICKSTART'\\?\\)"):
+        load_registry("quickstart")
+
+
 def test_the_same_experiment_twice_is_an_error():
     twice = gen_experim(64, label="a") + gen_experim(64, label="b")
     with pytest.raises(UsageError, match="transformer/a and transformer/b are the same experiment"):
@@ -90,6 +95,22 @@ def test_one_label_in_one_folder_with_two_identities_is_an_error():
     with pytest.raises(UsageError, match="two different experiments write transformer/a"):
         check_duplicates("R", clash)
     check_duplicates("R", gen_experim(64, label="a") + gen_experim(128, label="a", folder_name="other"))
+
+
+def test_a_label_clash_names_the_fields_that_differ_and_suggests_a_label():
+    clash = gen_experim(64, label="16d", activation="gelu") + gen_experim(64, label="16d", activation="relu")
+    with pytest.raises(UsageError) as error:
+        check_duplicates("R", clash)
+    assert "they differ in activation: 'gelu' vs 'relu')" in str(error.value)
+    assert str(error.value).endswith('give each variant its own label, e.g. label=f"16d_{activation}"')
+
+
+def test_a_label_clash_lists_at_most_five_differing_fields():
+    clash = gen_experim(64, label="a") + gen_experim(256, label="a", learning_rate=0.5, activation="relu")
+    with pytest.raises(UsageError) as error:
+        check_duplicates("R", clash)
+    shown = str(error.value).split("they differ in ")[1].split(")")[0]
+    assert shown.count(" vs ") == 5 and " more" in shown
 
 
 USER_MODULE = textwrap.dedent("""

@@ -257,3 +257,29 @@ def test_a_run_directory_holding_another_experiment_is_refused_at_submit(module)
     result = cli(module, "submit", "LOCAL", "--backend", "local", "--dry-run")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert f"{paths.run_dir} holds experiment {other.identity} (completed), not {first.identity}" in result.stderr
+
+
+def test_the_local_backend_fills_the_elapsed_column(module):
+    import datetime
+
+    running, done = registry(module, "LOCAL")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        record("LOCAL", [running, done], backend="local", job_id=str(sleeper.pid))
+        started = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=75)).isoformat()
+        from orchestrator import claim
+
+        atomic_write_json(RunPaths.of(running.folder_name, running.label).claim_json,
+                          {"job_id": str(sleeper.pid), "host": claim.HOST, "pid": sleeper.pid,
+                           "pid_start": claim.process_start(sleeper.pid), "started": started, "refreshed": started,
+                           "identity": running.identity})
+        atomic_write_json(RunPaths.of(running.folder_name, running.label).status_json,
+                          {"state": "running", "identity": running.identity})
+        atomic_write_json(RunPaths.of(done.folder_name, done.label).status_json,
+                          {"state": "completed", "identity": done.identity, "elapsed_s": 3725.4})
+        rows = json_of(module, "status", "LOCAL", "--json")["LOCAL"]
+        assert rows[0]["state"] == "running" and rows[0]["elapsed"] in ("0:01:15", "0:01:16", "0:01:17")
+        assert rows[1]["state"] == "completed" and rows[1]["elapsed"] == "1:02:05"
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -11,15 +11,24 @@ the study's design allows. Writes report.json and PNG plots to --out (default
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 from orchestrator.errors import UsageError
 
 MAX_LISTED = 15  # excluded runs listed by name; the rest are counted
 
+# argparse before Python 3.14 knows no exponent in a negative number: it takes '-1e15' for an
+# option, and `--budget -1e15` fails with "expected at least one argument". With this pattern
+# the value reaches parse_budgets, which names it. No option of ours looks like a number.
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
 
 def add_arguments(parser) -> None:
-    parser.add_argument("target", metavar="REGISTRY|FOLDER", help="results folder or registry name")
+    parser._negative_number_matcher = NEGATIVE_NUMBER
+    # Optional only in argparse's eyes: `--budget 1e21 QUICKSTART` hands it to the greedy
+    # --budget, and take_target gets it back.
+    parser.add_argument("target", nargs="?", metavar="REGISTRY|FOLDER", help="results folder or registry name")
     parser.add_argument("--budget", nargs="+", action="extend", default=[], metavar="FLOPS",
                         help="FLOP budgets for compute-optimal predictions, e.g. 1e21 1e22 "
                              "(default: the study's largest, x10 and x100)")
@@ -33,6 +42,29 @@ def add_arguments(parser) -> None:
     parser.add_argument("--include-diverged", action="store_true", help="also fit diverged runs")
     parser.add_argument("--out", metavar="DIR", help="where to write report.json and the plots")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def take_target(target: str | None, budgets: list[str], missing: str = "analyze needs a REGISTRY or FOLDER"):
+    """(target, budgets): a positional that ``--budget``'s nargs="+" swallowed, given back.
+
+    It is the last value that is not a number, wherever the flags put it
+    (``--budget 1e21 QUICKSTART --budget 1e22``).
+    """
+    if target is not None:
+        return target, budgets
+    words = [i for i, value in enumerate(budgets) if not _is_number(value)]
+    if not words:
+        raise UsageError(missing)
+    i = words[-1]
+    return budgets[i], budgets[:i] + budgets[i + 1:]
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_budgets(values) -> list[float]:
@@ -59,6 +91,8 @@ def resolve(target: str, extra_modules) -> tuple[list, Path, str]:
         if not paths:
             raise UsageError(f"no runs in {folder} (expected <label>.csv files with config_<label>.json)")
         return paths, folder / "analysis", str(folder)
+    if folder.is_file():
+        raise UsageError(f"{folder} is a file; analyze reads a results folder, e.g. {folder.parent}")
     if "/" in target or target.startswith("."):
         raise UsageError(f"no such results folder {target!r} (and a registry name has no '/')")
     from orchestrator.registry import load_registry
@@ -71,10 +105,11 @@ def resolve(target: str, extra_modules) -> tuple[list, Path, str]:
 def run(args) -> int:
     import json
 
-    budgets = parse_budgets(args.budget)
+    target, budgets = take_target(args.target, args.budget)
+    budgets = parse_budgets(budgets)
     if args.bootstrap < 0:
         raise UsageError(f"--bootstrap must be >= 0, got {args.bootstrap}")
-    paths, out_dir, described = resolve(args.target, args.registry_module)
+    paths, out_dir, described = resolve(target, args.registry_module)
 
     from analysis.loader import load_runs
     from analysis.report import analyze
@@ -86,7 +121,7 @@ def run(args) -> int:
         raise UsageError(
             f"no usable runs in {described}: {len(study.excluded)} excluded "
             f"({', '.join(f'{n} {s}' for s, n in states.items()) or 'none'}), "
-            f"{len(study.problems)} with problems (--include-incomplete uses unfinished runs)")
+            f"{_with_problems(len(study.problems))} (--include-incomplete uses unfinished runs)")
     analysis = analyze(study, budgets=budgets or None, bootstrap=args.bootstrap, seed=args.seed,
                        params=args.params)
     files = analysis.write(Path(args.out) if args.out else out_dir)
@@ -98,6 +133,7 @@ def run(args) -> int:
 
 
 def render(analysis, files, described) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from orchestrator import fmt
@@ -107,13 +143,34 @@ def render(analysis, files, described) -> None:
     runs = study.runs
     sources = ", ".join(f"{n} {s}" for s, n in runs["loss_source"].value_counts().items())
     console.print(f"[bold]{described}[/]: {len(runs)} runs used (final loss: {sources}), "
-                  f"{len(study.excluded)} excluded, {len(study.problems)} with problems")
+                  f"{len(study.excluded)} excluded, {_with_problems(len(study.problems))}")
     for row in study.excluded.head(MAX_LISTED).itertuples():
         console.print(f"  [yellow]excluded[/] {row.run}: {row.reason}")
     if len(study.excluded) > MAX_LISTED:
         console.print(f"  ... and {len(study.excluded) - MAX_LISTED} more (see report.json)")
     for row in study.problems.itertuples():
         console.print(f"  [red]problem[/] {row.path}: {row.problem}")
+
+    # the verdict first: a reader who stops here should not take a weak fit for a result
+    review = analysis.review
+    colour = {"well constrained": "green", "weakly constrained": "yellow"}.get(review.verdict, "red")
+    console.print(f"[bold {colour}]{escape(review.line)}[/]")
+    found = review.identifiability
+    if found and "run_off_share" in found:
+        widths = ", ".join(f"{k} +-{v:.0%}" for k, v in found["relative_half_widths"].items())
+        console.print(f"  [dim]checks:[/] {found['run_off_share']:.0%} of {found['bootstrap_resamples']} "
+                      f"bootstrap resamples ran off; 95% half-widths {widths}, a +-{found['a_half_width']:.2f}")
+    if found:
+        at = ", ".join(found["optimum_at_bound"]) or "none"
+        outside = ", ".join(found.get("optimum_outside_grid") or []) or "none"
+        console.print(f"  [dim]checks:[/] {found.get('starts_at_best', float('nan')):.0%} of grid starts "
+                      f"reach the best optimum; at a bound: {at}; outside the grid of starts: {outside}")
+    design = review.design
+    spread = design["tokens_per_param"]
+    console.print(f"  [dim]design:[/] {design['model_sizes']} model sizes x {design['token_budgets']} "
+                  f"token budgets" + (f", D/N {spread[0]:.3g} to {spread[1]:.3g}" if spread else ""))
+    for warning in review.warnings:
+        console.print(f"  [yellow]warning[/] {escape(warning)}")
 
     law = analysis.law
     if law is None:
@@ -162,6 +219,10 @@ def render(analysis, files, described) -> None:
                                      f"(RMS {fit.rms_log_residual:.4f}, {fit.n_points} points)")
     console.print(table)
     console.print("wrote " + ", ".join(str(f) for f in files))
+
+
+def _with_problems(n: int) -> str:
+    return "1 with a problem" if n == 1 else f"{n} with problems"
 
 
 def _interval(low, high, kind="") -> str:

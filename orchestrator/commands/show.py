@@ -16,7 +16,7 @@ import sys
 from orchestrator import fmt
 from orchestrator.errors import UsageError
 from orchestrator.planner import plan_batch
-from orchestrator.profiles import all_profiles
+from orchestrator.profiles import DEFAULT_MAX_REQUEUES, all_profiles
 from orchestrator.registry import load_registry
 
 ESTIMATE_PARTITIONS = ("sphinx", "miso")
@@ -47,8 +47,19 @@ def experiment_row(spec, profiles, mfu: float) -> dict:
         "workload": spec.workload, "hidden_dim": spec.hidden_dim, "num_layers": spec.num_layers,
         "num_heads": getattr(spec, "num_heads", None), **spec.derived(),
         "learning_rate": spec.learning_rate, "use_mup": spec.use_mup, "partition": spec.partition,
-        "gpus": spec.gpus, "plan": plan, "estimated_wall_s": estimates,
+        "gpus": spec.gpus, "time_min": spec.time_min, "plan": plan, "estimated_wall_s": estimates,
     }
+
+
+def too_long(row: dict, max_requeues: int = DEFAULT_MAX_REQUEUES) -> str | None:
+    """A warning when the estimate on the experiment's own partition exceeds what its time limit
+    allows with every requeue (``time_min x (1 + max_requeues)``): it would end as ``timeout``."""
+    estimate = row["estimated_wall_s"].get(row["partition"])
+    allowed_s = row["time_min"] * 60 * (1 + max_requeues)
+    if estimate is None or estimate <= allowed_s or "error" in row["plan"]:  # no fit: its error says enough
+        return None
+    return (f"{row['label']} needs ~{fmt.duration(estimate)} on {row['partition']} at the assumed MFU, more than "
+            f"its time_min {row['time_min']} x (1 + {max_requeues} requeues) = {fmt.duration(allowed_s)}")
 
 
 def run(args) -> int:
@@ -67,9 +78,11 @@ def run(args) -> int:
     else:
         print_table(args, rows, profiles)
     errors = [r["plan"]["error"] for r in rows if "error" in r["plan"]]
+    sys.stdout.flush()  # the table first, then warnings and errors, when both go to one terminal
+    for warning in filter(None, map(too_long, rows)):
+        print(f"warning: {warning}", file=sys.stderr)
     if not errors:
         return 0
-    sys.stdout.flush()  # the table first, then the errors, when both go to one terminal
     for error in errors:
         print(f"error: {error}", file=sys.stderr)
     return 2

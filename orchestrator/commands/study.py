@@ -14,13 +14,15 @@ import signal
 import time
 
 from orchestrator import fmt
+from orchestrator.profiles import DEFAULT_MAX_REQUEUES
 from orchestrator.commands import analyze, submit
 
 REFRESH_S = {"slurm": 30.0, "local": 2.0, "debug": 0.0}
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("registry", help="registry name, e.g. QUICKSTART")
+    parser._negative_number_matcher = analyze.NEGATIVE_NUMBER  # --budget -1e15 is a value, not a flag
+    parser.add_argument("registry", nargs="?", help="registry name, e.g. QUICKSTART")
     parser.add_argument("--backend", default="auto", choices=("auto", "slurm", "local"),
                         help="auto: slurm when a partition needs it and a Slurm controller answers, else local")
     parser.add_argument("--parallel", type=int, default=None, metavar="K", help="run at most K tasks at once")
@@ -98,27 +100,29 @@ def _run(args) -> int:
     from orchestrator.registry import load_registry
     from orchestrator.submission import INTERRUPTED_STATES, Policy
 
-    budgets = analyze.parse_budgets(args.budget)  # bad input fails before anything starts
-    specs = load_registry(args.registry, args.registry_module)
-    submitted = argparse.Namespace(n=None, parallel=args.parallel, backend=args.backend, max_requeues=3,
+    registry, budgets = analyze.take_target(args.registry, args.budget, "study needs a REGISTRY")
+    budgets = analyze.parse_budgets(budgets)  # bad input fails before anything starts
+    specs = load_registry(registry, args.registry_module)
+    submitted = argparse.Namespace(n=None, parallel=args.parallel, backend=args.backend,
+                                   max_requeues=DEFAULT_MAX_REQUEUES,
                                    dry_run=False, json=False, registry_module=args.registry_module)
-    plan = submit.submit_specs(submitted, args.registry, specs, Policy(retry=INTERRUPTED_STATES))
+    plan = submit.submit_specs(submitted, registry, specs, Policy(retry=INTERRUPTED_STATES))
     try:
-        statuses = watch(args.registry, plan.backend, args.registry_module)
+        statuses = watch(registry, plan.backend, args.registry_module)
     except KeyboardInterrupt:
         console = fmt.console()
         if plan.backend == "local":
-            _, pids, count = cancel.targets({args.registry: specs})
+            _, pids, count = cancel.targets({registry: specs})
             cancel.stop_local(pids)
             console.print(f"\nstopped {count} runs; they saved checkpoints. Run the same command again to continue.")
         else:
             console.print("\nstopped watching; the jobs go on (`python -m orchestrator status "
-                          f"{args.registry}`). Run the same command again to analyse when they are done.")
+                          f"{registry}`). Run the same command again to analyse when they are done.")
         return 130
     failed = [s for s in statuses if s.state != "completed"]
     for s in failed:
         fmt.console().print(f"[red]{s.spec.run_name} {s.state}[/] {s.reason}")
     return analyze.run(argparse.Namespace(
-        target=args.registry, budget=[str(b) for b in budgets], bootstrap=args.bootstrap, seed=0, params="total",
+        target=registry, budget=[str(b) for b in budgets], bootstrap=args.bootstrap, seed=0, params="total",
         include_incomplete=False, include_diverged=False, out=None, json=False,
         registry_module=args.registry_module))

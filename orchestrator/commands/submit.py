@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 
-from orchestrator import fmt, manifest
+from orchestrator import fmt, manifest, scheduler
+from orchestrator.errors import UsageError
 from orchestrator.backends import BACKENDS, resolve_backend
 from orchestrator.registry import load_registry
 
@@ -52,18 +54,32 @@ def submit_specs(args, registry: str, specs, policy):
     """Plan and (unless --dry-run) submit; print what was done; return the plan."""
     from orchestrator import submission
 
-    submission.check_options(args.n, args.parallel, args.max_requeues)
     from orchestrator import config
+    from orchestrator.profiles import get_profile
+    from orchestrator.scheduler import SchedulerError
 
-    backend, why = resolve_backend(args.backend, {s.partition for s in specs})
-    submission.check_experiments(specs, backend)  # refused before anything, the lock included, is written
+    submission.check_options(args.n, args.parallel, args.max_requeues)
+    partitions = {s.partition for s in specs}
+    cluster = True
+    try:
+        backend, why = resolve_backend(args.backend, partitions)
+    except (UsageError, SchedulerError) as exc:
+        if not (args.dry_run and args.backend == "slurm"):
+            raise
+        # a laptop may print the exact #SBATCH lines; what only the cluster knows goes unchecked
+        backend, why, cluster = "slurm", f"requested; dry run without a cluster ({exc}): node limits unchecked", False
+    gpu_partitions = sorted(p for p in partitions if get_profile(p).backend == "slurm")
+    if backend == "local" and gpu_partitions:
+        print(f"warning: {registry} is written for {', '.join(gpu_partitions)}, and runs on this machine's CPU "
+              f"with the local backend ({why})", file=sys.stderr)
+    submission.check_experiments(specs, backend, nodes=cluster)  # refused before anything is written
     lock = contextlib.nullcontext() if args.dry_run else manifest.submit_lock()  # a dry run writes nothing
     with lock:
         repaired = submission.repair_unrecorded(registry) if not args.dry_run else []
         plan = submission.plan(registry, specs, backend, policy, limit=args.n, parallel=args.parallel,
                                max_requeues=args.max_requeues, snapshot=not getattr(args, "no_snapshot", False),
                                registry_modules=config.registry_modules() + list(args.registry_module),
-                               check=False)
+                               check=False, max_array_size=None if cluster else scheduler.DEFAULT_MAX_ARRAY_SIZE)
         done = None if args.dry_run or not plan.arrays else submission.execute(plan)
     report(args, plan, done, repaired, why)
     return plan
@@ -107,12 +123,18 @@ def report(args, plan, submission, repaired, why="") -> None:
             table.add_row(str(number), str(len(array.specs)), array.signature, _sbatch_flags(plan, array), labels)
         console.print(table)
     verb = "would submit" if args.dry_run else "submitted"
-    jobs = ", ".join(f"{a['job_id']} ({a['tasks']} tasks)" for a in arrays)
-    console.print(f"{plan.registry}: {verb} {counts['submit']} experiments in {len(plan.arrays)} arrays"
+    jobs = ", ".join(f"{a['job_id']} ({_plural(a['tasks'], 'task')})" for a in arrays)
+    console.print(f"{plan.registry}: {verb} {_plural(counts['submit'], 'experiment')} in "
+                  f"{_plural(len(plan.arrays), 'array')}"
                   + (f" [{jobs}]" if jobs else "") + f" on the {plan.backend} backend ({why})")
     skipped = [f"{counts[k]} {k}" for k in ("completed", "active", "over limit") if counts[k]]
     if skipped:
         console.print("skipped: " + ", ".join(skipped).replace("active", "already queued or running"))
     if counts["failed"]:
-        console.print(f"[yellow]{counts['failed']} failed, timed-out, cancelled or diverged experiments were not "
+        were = "experiment was" if counts["failed"] == 1 else "experiments were"
+        console.print(f"[yellow]{counts['failed']} failed, timed-out, cancelled or diverged {were} not "
                       f"resubmitted: use --retry-failed (or `retry {plan.registry}`)[/yellow]")
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
