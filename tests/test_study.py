@@ -47,6 +47,11 @@ def test_study_runs_fits_and_a_rerun_only_refits(study_module):
     first = orchestrate(study_module, "study", "MINI_STUDY", "--bootstrap", "20", "--budget", "1e12")
     assert first.returncode == 0, first.stderr
     assert "submitted 12 experiments" in first.stdout
+    progress = [line for line in first.stdout.splitlines() if line.startswith("MINI_STUDY: ") and "runs done" in line]
+    assert progress[0].startswith("MINI_STUDY: 0/12 runs done") and progress[-1].startswith("MINI_STUDY: 12/12 runs done")
+    watched = first.stdout.split("L(N, D)")[0]
+    assert all(" tokens/s, ETA " in line for line in progress) and "━" not in watched  # no live view in a pipe
+    assert sum(line.startswith("mini_") and " completed " in line for line in first.stdout.splitlines()) == 12
     assert "L(N, D) = E + A / N^alpha + B / D^beta" in first.stdout
     assert "Compute-optimal allocation" in first.stdout and "1.00e+12" in first.stdout
     report = results() / "analysis" / "MINI_STUDY" / "report.json"

@@ -18,6 +18,7 @@ from orchestrator.profiles import DEFAULT_MAX_REQUEUES
 from orchestrator.commands import analyze, submit
 
 REFRESH_S = {"slurm": 30.0, "local": 2.0, "debug": 0.0}
+PROGRESS_LINE_S = 30.0  # under a pipe or in a log: at least this often, and whenever a run finishes
 
 
 def add_arguments(parser) -> None:
@@ -47,8 +48,11 @@ def progress_view(registry: str, statuses, started: float):
                         if state not in ("completed", "running", "pending"))
               + f"   {fmt.count(done)}/{fmt.count(planned)} tokens, {fmt.duration(time.monotonic() - started)}")
     table = Table(box=None, padding=(0, 2))
+    label_width = max(len(s.spec.label) for s in statuses)
     for column in ("run", "state", "step", "tokens", "tokens/s", "loss", "val loss"):
-        table.add_column(column, justify="left" if column in ("run", "state") else "right")
+        # the labels keep their full width in an 80-column terminal; the numbers give way first
+        table.add_column(column, justify="left" if column in ("run", "state") else "right",
+                         min_width=label_width if column == "run" else None, no_wrap=column == "run")
     shown = [s for s in statuses if s.state == "running"] + [s for s in statuses if s.state == "completed"][-4:]
     for s in shown:
         table.add_row(s.spec.label, s.state, f"{s.optimizer_step or 0}/{s.spec.optimizer_steps}",
@@ -57,19 +61,63 @@ def progress_view(registry: str, statuses, started: float):
     return Group(header, ProgressBar(total=max(planned, 1), completed=done, width=60), table)
 
 
-def watch(registry: str, backend: str, extra_modules) -> dict:
-    from rich.live import Live
+def progress_line(registry: str, statuses, started: float, tokens_at_start: int) -> str:
+    """One plain line for a pipe or a log: runs, tokens, throughput since the start, ETA."""
+    from orchestrator.status import summarize
 
+    planned = sum(s.spec.tokens for s in statuses)
+    done = _tokens_done(statuses)
+    counts = summarize(statuses)
+    elapsed = time.monotonic() - started
+    rate = (done - tokens_at_start) / elapsed if elapsed > 0 else 0.0
+    eta = fmt.duration((planned - done) / rate) if rate > 0 and done < planned else "-"
+    others = "".join(f", {n} {state}" for state, n in counts.items() if state not in ("completed", "running", "pending"))
+    return (f"{registry}: {counts.get('completed', 0)}/{len(statuses)} runs done, {counts.get('running', 0)} running, "
+            f"{counts.get('pending', 0)} pending{others} | {fmt.count(done)}/{fmt.count(planned)} tokens, "
+            f"{fmt.count(rate)} tokens/s, ETA {eta} | {fmt.duration(elapsed)}")
+
+
+def _tokens_done(statuses) -> int:
+    return sum(s.spec.tokens if s.state == "completed" else (s.tokens_processed or 0) for s in statuses)
+
+
+def final_table(statuses):
+    rows = [(s.spec.label, s.state, f"{s.optimizer_step or 0}/{s.spec.optimizer_steps}",
+             fmt.count(s.tokens_processed or 0), "" if s.loss is None else f"{s.loss:.3f}",
+             "" if s.val_loss is None else f"{s.val_loss:.3f}") for s in statuses]
+    return fmt.table_text(("run", "state", "step", "tokens", "loss", "val loss"), rows,
+                          right={"step", "tokens", "loss", "val loss"})
+
+
+def watch(registry: str, backend: str, extra_modules) -> dict:
+    """A live view in a terminal; under a pipe or in a log, a progress line every
+    ``PROGRESS_LINE_S`` (and when a run finishes) and the final table."""
     from orchestrator.commands.status import collect
     from orchestrator.status import ACTIVE_STATES
 
     started = time.monotonic()
     statuses = collect(registry, extra_modules)[registry]
-    with Live(progress_view(registry, statuses, started), console=fmt.console(), refresh_per_second=4) as live:
-        while any(s.state in ACTIVE_STATES for s in statuses):
-            time.sleep(REFRESH_S[backend])
-            statuses = collect(registry, extra_modules)[registry]
-            live.update(progress_view(registry, statuses, started))
+    console = fmt.console()
+    if console.is_terminal:
+        from rich.live import Live
+
+        with Live(progress_view(registry, statuses, started), console=console, refresh_per_second=4) as live:
+            while any(s.state in ACTIVE_STATES for s in statuses):
+                time.sleep(REFRESH_S[backend])
+                statuses = collect(registry, extra_modules)[registry]
+                live.update(progress_view(registry, statuses, started))
+        return statuses
+    tokens_at_start = _tokens_done(statuses)
+    print(progress_line(registry, statuses, started, tokens_at_start), flush=True)
+    printed, finished = time.monotonic(), sum(s.state == "completed" for s in statuses)
+    while any(s.state in ACTIVE_STATES for s in statuses):
+        time.sleep(REFRESH_S[backend])
+        statuses = collect(registry, extra_modules)[registry]
+        now_finished = sum(s.state == "completed" for s in statuses)
+        if now_finished != finished or time.monotonic() - printed >= PROGRESS_LINE_S:
+            print(progress_line(registry, statuses, started, tokens_at_start), flush=True)
+            printed, finished = time.monotonic(), now_finished
+    console.print(final_table(statuses), soft_wrap=True)
     return statuses
 
 
