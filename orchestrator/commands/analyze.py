@@ -170,7 +170,7 @@ def render(analysis, files, described) -> None:
     console.print(f"  [dim]design:[/] {design['model_sizes']} model sizes x {design['token_budgets']} "
                   f"token budgets" + (f", D/N {spread[0]:.3g} to {spread[1]:.3g}" if spread else ""))
     for warning in review.warnings:
-        console.print(f"  [yellow]warning[/] {escape(warning)}")
+        console.print(f"  [yellow]warning:[/] {escape(warning)}")
 
     law = analysis.law
     if law is None:
