@@ -28,6 +28,7 @@ import threading
 from pathlib import Path
 from typing import Iterator, Mapping
 
+from orchestrator import manifest
 from orchestrator.paths import RunPaths, atomic_write_json, read_json
 
 REFRESH_S = 30.0
@@ -80,18 +81,10 @@ def process_start(pid: int) -> str | None:
 
 
 def _process_alive(pid, started) -> bool:
-    if not isinstance(pid, int):
+    """Alive (not a zombie), and the same process that took the claim: a reused pid is not."""
+    if not isinstance(pid, int) or not manifest.pid_alive(str(pid)):
         return False
-    now = process_start(pid)
-    if now is None:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return not Path("/proc").is_dir()  # no /proc (macOS): the pid exists
-    return started is None or now == started
+    return started is None or process_start(pid) == started
 
 
 def is_slurm_job(job_id) -> bool:
