@@ -6,7 +6,8 @@ into a ``Study``:
 
 - ``runs``: one row per usable run: N (total and non-embedding parameters), D (tokens
   processed at the last logged step), C = 6 N D, the final loss and where it came from,
-  and the spec fields that vary in a study.
+  the last logged step (``steps``) and the planned ones (``optimizer_steps``), and the spec
+  fields that vary in a study or that the checks read (``warmup_steps``).
 - ``curves``: one row per logged step of those runs (the whole training curves).
 - ``excluded``: runs that are incomplete or diverged, with the reason; they are left out
   of ``runs`` unless ``include_incomplete`` / ``include_diverged`` ask for them.
@@ -43,9 +44,10 @@ from orchestrator.paths import RunPaths, read_status
 REQUIRED = ("optimizer_step", "tokens_processed", "loss")
 OPTIONAL = ("val_loss",)
 SMOOTH_FRACTION, SMOOTH_MAX_ROWS = 0.1, 20
-# spec fields copied into the runs table when present (the ones studies vary)
-SPEC_FIELDS = ("workload", "hidden_dim", "num_layers", "learning_rate", "seed", "dataset",
-               "train_tokens", "tokens_per_param")
+# spec fields copied into the runs table when present (the ones studies vary, and the warmup
+# that analysis.checks compares with the planned steps)
+SPEC_FIELDS = ("workload", "hidden_dim", "num_layers", "learning_rate", "seed", "dataset", "vocab_size",
+               "train_tokens", "tokens_per_param", "warmup_steps")
 
 
 @dataclasses.dataclass
@@ -118,8 +120,8 @@ def load_runs(paths, *, include_incomplete=False, include_diverged=False, worker
 
 
 _RUN_COLUMNS = ["run", "folder", "label", "state", "N", "N_non_embedding", "D", "C", "loss",
-                "loss_source", "final_val_loss", "final_train_loss", "steps", "tokens_per_param",
-                "identity"]
+                "loss_source", "final_val_loss", "final_train_loss", "steps", "optimizer_steps",
+                "tokens_per_param", "identity"]
 
 
 def _load_one(paths: RunPaths, include_incomplete: bool, include_diverged: bool, spec_fields=SPEC_FIELDS):
@@ -232,7 +234,8 @@ def _tidy(name, paths, config, state, curve, spec_fields=SPEC_FIELDS):
         "C": 6.0 * N * D, "loss": val if use_val else train_smoothed,
         "loss_source": "val" if use_val else "train_smoothed",
         "final_val_loss": val, "final_train_loss": train_smoothed,
-        "steps": int(curve["optimizer_step"][-1]), "tokens_per_param": D / N,
+        "steps": int(curve["optimizer_step"][-1]), "optimizer_steps": int(derived["optimizer_steps"]),
+        "tokens_per_param": D / N,
         "identity": config.get("identity"),
     }
     row.update({f: v for f, v in spec.items() if spec_fields is None or f in spec_fields})

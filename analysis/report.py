@@ -3,7 +3,8 @@
 ``analyze(study)`` runs Approach 3 (with its bootstrap and the compute-optimal
 predictions), Approaches 1 and 2, L(N) and L(C), catching nothing but design limits:
 an approach that does not apply is recorded with its reason. ``checks.review`` then says
-how far the Approach 3 fit can be trusted (the "checks" section). ``Analysis.write(out_dir)``
+how far the Approach 3 fit can be trusted and how far it carries (the "checks" section;
+each prediction also says whether its budget is an extrapolation). ``Analysis.write(out_dir)``
 writes ``report.json`` and the plots; the JSON holds the parameters, their intervals,
 the runs used and left out, and the settings, so a result can be traced and re-run.
 """
@@ -48,8 +49,8 @@ class Analysis:
                 starts=self.law.n_starts, starts_converged=self.law.n_converged,
                 settings=self.law.settings,
                 predictions=self.predictions.to_dict(orient="records"))
-        used_columns = [c for c in ("run", "state", "N", "N_non_embedding", "D", "C", "loss", "loss_source")
-                        if c in runs]
+        used_columns = [c for c in ("run", "state", "N", "N_non_embedding", "D", "C", "loss", "loss_source",
+                                    "steps", "optimizer_steps", "warmup_steps") if c in runs]
         return _clean({
             "settings": self.settings,
             "data": {
@@ -106,6 +107,7 @@ def analyze(study: Study, *, budgets=None, bootstrap=200, seed=0, params="total"
     if reason is None:
         law = fit_scaling_law(runs, n_col=n_col, bootstrap=bootstrap, seed=seed)
         predictions = law.predict(budgets)
+        predictions["extrapolated"] = checks.extrapolated(budgets, runs["C"])
 
     approach1 = approaches.approach1(runs, study.curves)  # its points are the loss frontier
     return Analysis(
@@ -114,7 +116,7 @@ def analyze(study: Study, *, budgets=None, bootstrap=200, seed=0, params="total"
         size_laws=approaches.loss_vs_size(runs, n_col=n_col),
         compute_law=approaches.loss_vs_compute(runs, approach1.points) if len(runs) else
         approaches.SaturatingLaw("C", "L(C)", reason="no usable runs"),
-        review=checks.review(study, law, n_col=n_col, law_reason=reason),
+        review=checks.review(study, law, n_col=n_col, law_reason=reason, budgets=budgets),
         settings={"budgets": budgets, "bootstrap": int(bootstrap), "seed": int(seed), "params": params,
                   "loss": "final validation loss, else mean training loss of the last 10% of steps",
                   "flops": "C = 6 * total_params * tokens"})
@@ -128,6 +130,8 @@ def _clean(value):
         return [_clean(v) for v in value]
     if isinstance(value, np.ndarray):
         return [_clean(v) for v in value.tolist()]
+    if isinstance(value, np.bool_):
+        return bool(value)
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (float, np.floating)):

@@ -181,3 +181,118 @@ def test_analyze_prints_a_weak_verdict_with_its_reasons(tmp_path, capsys):
     assert "unconstrained: only 2 model sizes" in out
     report = json.loads((tmp_path / "two" / "analysis" / "report.json").read_text())
     assert report["checks"]["reasons"] == ["only 2 model sizes"]
+
+
+# ----------------------------------------------------------------- accounting
+def with_runs(study, **columns) -> Study:
+    return dataclasses.replace(study, runs=study.runs.assign(**columns))
+
+
+def test_counts_more_than_5_percent_apart_get_a_fit_each_side_by_side(good):
+    study, law = good
+    # embeddings are a larger share of small models: 40% of the smallest, 5% of the largest
+    kaplan = with_runs(study, N_non_embedding=lambda r: r["N"] * np.interp(np.log(r["N"]), np.log(SIZES[[0, -1]]),
+                                                                            [0.6, 0.95]))
+    review = checks.review(kaplan, law, budgets=[1e21, 1e22])
+    counts = review.accounting["parameter_counts"]
+    assert counts["differ"] and counts["max_relative_difference"] == pytest.approx(0.4)
+    total, non_embedding = counts["fits"]["total"], counts["fits"]["non_embedding"]
+    assert total["alpha"] == law.law.alpha and total["a"] == law.law.a
+    assert len(total["N_opt"]) == len(non_embedding["N_opt"]) == 2
+    assert non_embedding["alpha"] != pytest.approx(total["alpha"], rel=0.05)  # the count moves the exponent
+    assert review.verdict == checks.WELL  # what N means is read, not held against the fit
+
+
+def test_counts_within_5_percent_share_one_fit(good):
+    study, law = good
+    counts = checks.review(with_runs(study, N_non_embedding=study.runs["N"] * 0.97), law).accounting["parameter_counts"]
+    assert not counts["differ"] and counts["fits"] is None
+    assert counts["reason"] == "the counts differ by at most 3.0%: one fit serves both"
+
+
+def test_a_warmup_of_20_percent_of_the_steps_is_a_warning(good):
+    study, law = good
+    long = np.where(study.runs.index < 2, 200, 50)  # two runs warm up for 200 of 1000 steps
+    review = checks.review(with_runs(study, optimizer_steps=1000, steps=1000, warmup_steps=long), law)
+    assert "warmup over 10% of the planned steps in 2 runs (up to 20%): r0, r1" in review.warnings
+    assert review.accounting["warmup"]["runs"] == ["r0", "r1"]
+    assert review.verdict == checks.WELL
+
+
+def test_a_warmup_of_5_percent_is_not_a_warning(good):
+    study, law = good
+    review = checks.review(with_runs(study, optimizer_steps=1000, steps=1000, warmup_steps=50), law)
+    assert review.warnings == []
+    assert review.accounting["warmup"] == {"threshold": 0.1, "runs": [], "max_share": 0.05}
+    assert review.accounting["read_early"] == []
+
+
+def test_a_loss_read_before_the_last_planned_step_is_a_warning(good):
+    study, law = good
+    steps = np.where(study.runs.index == 3, 600, 1000)
+    review = checks.review(with_runs(study, optimizer_steps=1000, steps=steps), law)
+    assert "final loss read before the schedule ends in 1 run: r3 at step 600 of 1000" in review.warnings
+    assert review.accounting["read_early"] == [{"run": "r3", "step": 600, "planned": 1000}]
+
+
+def test_many_runs_read_early_are_named_up_to_five_and_counted():
+    found, warnings = checks.check_accounting(pd.DataFrame({
+        "run": [f"r{i}" for i in range(8)], "N": 1e8, "D": 1e9, "loss": 3.0, "steps": 10, "optimizer_steps": 20}), None)
+    assert warnings[0].startswith("final loss read before the schedule ends in 8 runs: r0 at step 10 of 20, ")
+    assert warnings[0].endswith("r4 at step 10 of 20 and 3 more")
+
+
+# ----------------------------------------------------------------- extrapolation
+def test_the_held_out_largest_size_is_predicted_within_a_few_percent(good):
+    study, law = good
+    holdout = checks.review(study, law).extrapolation["holdout"]
+    assert holdout["N"] == pytest.approx(SIZES[-1]) and holdout["held_out_runs"] == 5 and holdout["fitted_runs"] == 25
+    assert holdout["reason"] is None
+    assert holdout["mean_abs_error"] < 0.03 and holdout["max_abs_error"] < 0.05
+    assert abs(holdout["mean_error"]) <= holdout["mean_abs_error"]
+
+
+def test_a_largest_size_that_breaks_the_law_is_missed_by_the_hold_out_and_warned():
+    study = study_of(grid_design(SIZES, BUDGETS))
+    study.runs.loc[study.runs["N"] == SIZES[-1], "loss"] *= 1.2
+    review = reviewed(study, bootstrap=0)
+    holdout = review.extrapolation["holdout"]
+    assert holdout["mean_abs_error"] > checks.HOLDOUT_ERROR_WARN and holdout["mean_error"] < -0.1
+    warning = next(w for w in review.warnings if w.startswith("fitted without the largest size"))
+    assert f"by {holdout['mean_abs_error']:.1%} on average" in warning
+    assert warning not in review.reasons  # a warning: the verdict says what the study measured
+
+
+def test_the_hold_out_is_skipped_when_too_few_sizes_remain():
+    review = reviewed(study_of(grid_design(SIZES[:3], BUDGETS)), bootstrap=0)
+    assert review.extrapolation["holdout"]["reason"] == "without the largest size, fewer than 3 distinct model sizes"
+
+
+def test_budgets_beyond_10x_the_largest_run_are_extrapolations(good):
+    study, law = good
+    top = float((6 * study.runs["N"] * study.runs["D"]).max())
+    found = checks.review(study, law, budgets=[top, 10 * top, 11 * top]).extrapolation
+    assert found["largest_run_C"] == top
+    assert [b["extrapolated"] for b in found["budgets"]] == [False, False, True]
+
+
+def test_analyze_prints_and_records_accounting_and_extrapolation(tmp_path, capsys):
+    from orchestrator.cli import main
+
+    # the synthetic trainer counts 90% of the parameters as non-embedding: 10% apart
+    write_study(tmp_path, "grid", PAPER, grid_design(SIZES, BUDGETS), noise=0.01, steps=20)
+    folder = tmp_path / "grid"
+    assert main(["analyze", str(folder), "--bootstrap", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "accounting: total and non-embedding N up to 10.0% apart: L(N, D) under each below" in out
+    assert "every final loss read at the end of its schedule" in out
+    assert "extrapolation: fitted without the largest size (N=10G, 5 runs)" in out
+    assert "L(N, D) under each parameter count" in out and "non-embedding N (Kaplan)" in out
+    report = json.loads((folder / "analysis" / "report.json").read_text())
+    top = max(run["C"] for run in report["data"]["runs"])
+    assert "* extrapolated: beyond 10x the largest run's C" in out and f"{100 * top:.2e} *" in out
+    assert f"{10 * top:.2e} *" not in out
+    assert [p["extrapolated"] for p in report["approach3"]["predictions"]] == [False, False, True]
+    checks_section = report["checks"]
+    assert set(checks_section["accounting"]["parameter_counts"]["fits"]) == {"total", "non_embedding"}
+    assert checks_section["extrapolation"]["holdout"]["mean_abs_error"] < 0.03

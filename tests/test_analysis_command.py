@@ -52,6 +52,29 @@ def test_json_output_is_the_report_plus_the_files(folder, tmp_path, capsys):
     assert data["approach3"]["parameters"]["E"]["low"] is None  # no bootstrap: no interval
 
 
+def test_json_output_holds_the_new_checks_and_no_nan(folder, capsys):
+    def no_nan(constant):
+        raise AssertionError(f"{constant} in the JSON")
+
+    assert main(["analyze", str(folder), "--bootstrap", "0", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out, parse_constant=no_nan)
+    checks = data["checks"]
+    assert checks["accounting"]["parameter_counts"]["differ"]  # the synthetic trainer's 90%
+    assert checks["accounting"]["read_early"] == [] and checks["accounting"]["warmup"] is None
+    assert checks["extrapolation"]["holdout"]["reason"] is None
+    assert [p["extrapolated"] for p in data["approach3"]["predictions"]] == [False, False, True]
+    json.loads((folder / "analysis" / "report.json").read_text(), parse_constant=no_nan)
+
+
+def test_a_loss_read_before_the_schedule_ends_is_warned(folder, capsys):
+    paths = RunPaths.of("grid", sorted(p.stem for p in folder.glob("*.csv"))[0], folder.parent)
+    paths.status_json.write_text(json.dumps({"state": "failed", "optimizer_step": 20}))
+    paths.metrics_csv.write_text("\n".join(paths.metrics_csv.read_text().splitlines()[:21]) + "\n")
+    assert main(["analyze", str(folder), "--bootstrap", "0", "--include-incomplete"]) == 0
+    out = capsys.readouterr().out
+    assert f"warning: final loss read before the schedule ends in 1 run: grid/{paths.label} at step 20 of 30" in out
+
+
 def test_a_registry_reads_only_its_own_runs_and_writes_under_results_analysis(capsys):
     from orchestrator.registry import load_registry
 

@@ -97,6 +97,19 @@ def test_without_status_json_a_run_is_complete_only_if_it_reached_its_planned_st
     assert with_partial.loc[paths[1].label, "D"] == 10 * (2e10 / 20)  # tokens actually processed
 
 
+def test_the_warmup_and_the_planned_and_logged_steps_reach_the_table(study):
+    folder, paths = study
+    config = json.loads(paths[0].config_json.read_text())
+    config["spec"]["warmup_steps"] = 4
+    paths[0].config_json.write_text(json.dumps(config))
+    status(paths[1], "running", 10)
+    paths[1].metrics_csv.write_text("\n".join(paths[1].metrics_csv.read_text().splitlines()[:11]) + "\n")
+    runs = load_folder(folder, include_incomplete=True).runs.set_index("label")
+    assert runs.loc[paths[0].label, "warmup_steps"] == 4 and runs["warmup_steps"].isna().sum() == 5
+    assert (runs["optimizer_steps"] == 20).all()
+    assert runs.loc[paths[1].label, "steps"] == 10 and runs.loc[paths[0].label, "steps"] == 20
+
+
 @pytest.mark.parametrize("damage, problem", [
     (lambda p: p.write_text(p.read_text()[:-15]), "truncated: the last line is incomplete"),
     (lambda p: p.write_text("step,tokens\n1,2\n"), "missing columns optimizer_step, tokens_processed, loss"),
