@@ -16,9 +16,13 @@ def flops(c: float) -> str:
 
 
 def duration(seconds: float) -> str:
-    """0.04 -> '0.04s', 7.25 -> '7.2s', 90 -> '1.5m', 5400 -> '1.5h', 3 days -> '3.0d' (never a bare '0s')."""
+    """0.04 -> '<0.1s', 7.25 -> '7.2s', 90 -> '1.5m', 5400 -> '1.5h', 3 days -> '3.0d'.
+
+    Never '0s', nor '0.00015s': a tiny estimate (a small run on an H200) reads as what it
+    means, too short to matter, in the width of any other duration.
+    """
     if seconds < 0.1:
-        return f"{seconds:.2g}s"
+        return "<0.1s"
     if seconds < 60:
         return f"{seconds:.1f}s"
     if seconds < 3600:

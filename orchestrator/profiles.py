@@ -21,6 +21,31 @@ DEFAULT_MAX_REQUEUES = 3  # time-limit requeues of a run unless --max-requeues s
 
 
 @dataclasses.dataclass(frozen=True)
+class CpuThroughput:
+    """How fast one training process (one thread) runs on a CPU partition, as measured by
+    ``benchmarks/cpu_throughput.py``; ``show`` estimates a local run's wall time from it.
+
+    Small transformers on a CPU are far from FLOP-bound: per token there is a fixed cost
+    (Python, kernel launches, the optimizer over many small tensors) beside the arithmetic, so
+    seconds per token = overhead + FLOPs per token / sustained FLOP/s. A run adds a fixed
+    start-up (interpreter, torch import, data, model, final checkpoint) and its evaluations,
+    whose forward-only tokens cost ``eval_token_cost`` of a training token.
+    """
+
+    overhead_us_per_token: float
+    gflops_per_s: float
+    eval_token_cost: float
+    startup_s: float
+    measured: str  # how, where and when: shown under every table that uses these numbers
+
+    def seconds_per_token(self, flops_per_token: float) -> float:
+        return self.overhead_us_per_token * 1e-6 + flops_per_token / (self.gflops_per_s * 1e9)
+
+
+CPU_THROUGHPUT_FIELDS = tuple(f.name for f in dataclasses.fields(CpuThroughput))
+
+
+@dataclasses.dataclass(frozen=True)
 class Profile:
     name: str
     description: str
@@ -36,6 +61,7 @@ class Profile:
     default_time_min: int
     max_time_min: int
     log_dir: str | None  # where scheduler logs go; None: under the results root
+    cpu_throughput: CpuThroughput | None = None  # measured CPU speed (local partitions); optional
 
     @property
     def peak_flops_per_gpu(self) -> float:
@@ -43,6 +69,7 @@ class Profile:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(Profile) if f.name != "name")
+OPTIONAL_FIELDS = ("cpu_throughput",)
 
 
 def _shipped_dir() -> Path:
@@ -59,7 +86,7 @@ def _build(name: str, data: dict, sources: list[Path]) -> Profile:
     for key in data:
         if key not in FIELDS:
             raise unknown(f"profile key in {where}:", key, FIELDS)
-    missing = [k for k in FIELDS if k not in data]
+    missing = [k for k in FIELDS if k not in data and k not in OPTIONAL_FIELDS]
     if missing:
         raise UsageError(f"profile {name!r} ({where}) is missing: {', '.join(missing)}")
     if data["backend"] not in BACKENDS:
@@ -73,7 +100,30 @@ def _build(name: str, data: dict, sources: list[Path]) -> Profile:
             raise UsageError(f"profile {name!r}: {key} must be a positive number, got {value!r}")
     if data["log_dir"] is not None and not isinstance(data["log_dir"], str):
         raise UsageError(f"profile {name!r}: log_dir must be a path or null, got {data['log_dir']!r}")
+    if data.get("cpu_throughput") is not None:
+        data = {**data, "cpu_throughput": _cpu_throughput(name, where, data["cpu_throughput"])}
     return Profile(name=name, **data)
+
+
+def _cpu_throughput(name: str, where: str, value) -> CpuThroughput:
+    if not isinstance(value, dict):
+        raise UsageError(f"profile {name!r}: cpu_throughput must be a mapping of "
+                         f"{', '.join(CPU_THROUGHPUT_FIELDS)}, got {value!r}")
+    for key in value:
+        if key not in CPU_THROUGHPUT_FIELDS:
+            raise unknown(f"cpu_throughput key in {where}:", key, CPU_THROUGHPUT_FIELDS)
+    missing = [k for k in CPU_THROUGHPUT_FIELDS if k not in value]
+    if missing:
+        raise UsageError(f"profile {name!r} ({where}): cpu_throughput is missing: {', '.join(missing)}")
+    for key in CPU_THROUGHPUT_FIELDS[:-1]:
+        number = value[key]
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or number < 0 or (
+                key == "gflops_per_s" and number == 0):
+            raise UsageError(f"profile {name!r}: cpu_throughput.{key} must be a "
+                             f"{'positive' if key == 'gflops_per_s' else 'non-negative'} number, got {number!r}")
+    if not isinstance(value["measured"], str) or not value["measured"].strip():
+        raise UsageError(f"profile {name!r}: cpu_throughput.measured must say how the numbers were measured")
+    return CpuThroughput(**{k: value[k] if k == "measured" else float(value[k]) for k in CPU_THROUGHPUT_FIELDS})
 
 
 @functools.lru_cache(maxsize=None)

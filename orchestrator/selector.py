@@ -4,10 +4,15 @@
     JOBID         the experiments of a job array or task    1234, 1234_7
     LABEL-GLOB    experiments whose label (or folder/label) matches, in submitted registries
     (nothing)     every registry that has been submitted
+
+A selector that names nothing is one error with the closest name, compared case-folded as
+``errors.unknown`` compares registry names: ``quickstart`` suggests ``QUICKSTART``, a label
+glob suggests a label it would match ignoring case, or the label nearest to it.
 """
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import re
 
@@ -45,6 +50,31 @@ def select(selector: str | None, extra_modules=()) -> dict[str, list[ExperimentS
                   for name in submitted}
     chosen = {name: specs for name, specs in chosen.items() if specs}
     if not chosen:
+        specs = [spec for name in submitted for spec in registries[name]]
+        close = suggestion(selector, registries, [s.label for s in specs] + [s.run_name for s in specs])
+        hint = (f" (did you mean {close!r}?)" if close
+                else "" if submitted else " (nothing has been submitted yet)")
         raise UsageError(f"{selector!r} is not a registry, a submitted job id, or a label pattern matching a "
-                         f"submitted experiment; registries: {', '.join(sorted(registries))}")
+                         f"submitted experiment{hint}; registries: {', '.join(sorted(registries))}")
     return chosen
+
+
+def suggestion(selector: str, registries, labels) -> str | None:
+    """The registry or submitted label (or folder/label) the user most likely meant, or None.
+
+    A glob (``*?[``) that matches labels ignoring case suggests the first such label;
+    otherwise the closest registry or label, case-folded (difflib alone rates
+    ``quickstart`` too far from ``QUICKSTART`` to suggest it).
+    """
+    if JOB_ID.match(selector):
+        return None
+    if any(c in selector for c in "*?["):
+        folded_pattern = selector.casefold()
+        for label in labels:
+            if fnmatch.fnmatchcase(label.casefold(), folded_pattern):
+                return label
+    folded = {}
+    for name in [*sorted(registries), *labels]:  # a registry wins a tie with a label spelled the same
+        folded.setdefault(name.casefold(), name)
+    close = difflib.get_close_matches(selector.casefold(), folded, n=1, cutoff=0.6)
+    return folded[close[0]] if close else None

@@ -130,6 +130,55 @@ def test_a_scheduler_that_does_not_answer_is_one_line_not_a_traceback(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == "error: squeue not found: is Slurm installed on this machine?"
 
 
+
+@pytest.mark.parametrize("verb", [["status"], ["cancel", "-y"], ["retry"]])
+def test_a_selector_in_the_wrong_case_suggests_the_registry(verb):
+    result = cli(*verb, "quickstart")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: 'quickstart' is not a registry, a submitted job id, or a label pattern")
+    assert "(did you mean 'QUICKSTART'?)" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def submit_record(registry, specs):
+    from orchestrator import manifest
+
+    tasks = [manifest.TaskRecord(i, s.identity, s.label, s.folder_name, "s") for i, s in enumerate(specs)]
+    record = manifest.ArrayRecord(name="x", backend="local", resources={}, parallel=1, log_folder="", job_id="42",
+                                  tasks=tasks)
+    submission = manifest.new_submission(registry, [record])
+    submission.state = "submitted"
+    submission.save()
+
+
+@pytest.mark.parametrize("selector, meant", [("QS_16D_*", "qs_16d_1M"), ("qs_61d_1M", "qs_16d_1M"),
+                                             ("qs_48d_1M_*", "qs_48d_1M"), ("Quickstart/qs_24d_*", "quickstart/qs_24d_1M")])
+def test_a_label_that_matches_nothing_suggests_a_submitted_label(selector, meant):
+    from orchestrator.errors import UsageError
+    from orchestrator.registry import load_registry
+    from orchestrator.selector import select
+
+    submit_record("QUICKSTART", load_registry("QUICKSTART"))
+    with pytest.raises(UsageError, match=rf"\(did you mean '{meant}'\?\)"):
+        select(selector)
+
+
+def test_a_job_id_that_matches_nothing_gets_no_suggestion():
+    from orchestrator.errors import UsageError
+    from orchestrator.selector import select
+
+    submit_record("QUICKSTART", [])
+    with pytest.raises(UsageError) as error:
+        select("4242")
+    assert "did you mean" not in str(error.value) and "submitted yet" not in str(error.value)
+
+
+def test_a_label_glob_before_any_submission_says_nothing_was_submitted():
+    from orchestrator.errors import UsageError
+    from orchestrator.selector import select
+
+    with pytest.raises(UsageError, match=r"'qs_\*' is not .* \(nothing has been submitted yet\); registries: "):
+        select("qs_*")
+
 def test_the_readme_commands_table_is_one_table_with_every_verb():
     from pathlib import Path
 

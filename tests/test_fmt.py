@@ -5,8 +5,8 @@ import pytest
 from orchestrator import fmt
 
 
-@pytest.mark.parametrize("seconds, shown", [(0.004, "0.004s"), (0.04, "0.04s"), (7.25, "7.2s"), (59.9, "59.9s"),
-                                            (90, "1.5m"), (5400, "1.5h"), (3 * 86400, "3.0d")])
+@pytest.mark.parametrize("seconds, shown", [(0.00015, "<0.1s"), (0.04, "<0.1s"), (0.1, "0.1s"), (7.25, "7.2s"),
+                                            (59.9, "59.9s"), (90, "1.5m"), (5400, "1.5h"), (3 * 86400, "3.0d")])
 def test_durations_keep_short_runs_visible(seconds, shown):
     assert fmt.duration(seconds) == shown
 

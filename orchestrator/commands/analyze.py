@@ -3,8 +3,10 @@
 REGISTRY|FOLDER is a results folder (any existing directory, e.g. results/transformer) or
 a registry name (then only that registry's runs are read). Prints the fitted law
 L(N, D) = E + A/N^alpha + B/D^beta with bootstrap intervals, the compute-optimal model
-size and token count at each --budget, the fit quality, and the other approaches that
-the study's design allows. Writes report.json and PNG plots to --out (default
+size and token count at each --budget (a budget beyond 10x the largest run's compute is
+marked as an extrapolation), the fit quality, the checks (a verdict, identifiability,
+design, accounting, a hold-out of the largest size), and the other approaches that the
+study's design allows. Writes report.json and PNG plots to --out (default
 <folder>/analysis/, or <results>/analysis/<REGISTRY>/ for a registry).
 """
 
@@ -169,6 +171,12 @@ def render(analysis, files, described) -> None:
     spread = design["tokens_per_param"]
     console.print(f"  [dim]design:[/] {design['model_sizes']} model sizes x {design['token_budgets']} "
                   f"token budgets" + (f", D/N {spread[0]:.3g} to {spread[1]:.3g}" if spread else ""))
+    accounting = _accounting_line(review.accounting)
+    if accounting:
+        console.print(f"  [dim]accounting:[/] {escape(accounting)}")
+    holdout = review.extrapolation.get("holdout")
+    if holdout:
+        console.print(f"  [dim]extrapolation:[/] {escape(_holdout_line(holdout))}")
     for warning in review.warnings:
         console.print(f"  [yellow]warning:[/] {escape(warning)}")
 
@@ -190,15 +198,21 @@ def render(analysis, files, described) -> None:
             table.add_row(label, f"{p['value']:.4g}", _interval(p["low"], p["high"]))
         console.print(table)
 
-        table = Table(title="Compute-optimal allocation (C = 6ND)")
+        rows = analysis.predictions.to_dict(orient="records")
+        beyond = [row for row in rows if row.get("extrapolated")]
+        largest = review.extrapolation.get("largest_run_C")
+        caption = (f"* extrapolated: beyond {review.extrapolation['factor']:g}x the largest run's C "
+                   f"({fmt.flops(largest)})" if beyond and largest else None)
+        table = Table(title="Compute-optimal allocation (C = 6ND)", caption=caption, caption_justify="left")
         for column in ("budget C (FLOPs)", "N_opt (params)", "D_opt (tokens)", "tokens/param", "loss"):
             table.add_column(column, justify="right")
-        for row in analysis.predictions.to_dict(orient="records"):
-            table.add_row(fmt.flops(row["C"]), *(
+        for row in rows:
+            table.add_row(fmt.flops(row["C"]) + (" *" if row.get("extrapolated") else ""), *(
                 f"{fmt.count(row[k]) if k != 'loss_opt' else format(row[k], '.4f')} "
                 f"[dim]{_interval(row[k + '_low'], row[k + '_high'], k)}[/]"
                 for k in ("N_opt", "D_opt", "tokens_per_param", "loss_opt")))
         console.print(table)
+        _print_both_counts(console, review.accounting, analysis.budgets, analysis.settings["params"])
 
     table = Table(title="Other approaches")
     for column in ("approach", "result"):
@@ -219,6 +233,64 @@ def render(analysis, files, described) -> None:
                                      f"(RMS {fit.rms_log_residual:.4f}, {fit.n_points} points)")
     console.print(table)
     console.print("wrote " + ", ".join(str(f) for f in files))
+
+
+def _accounting_line(found: dict) -> str:
+    """What N counts and where the losses were read, in one line (the problems are warnings)."""
+    parts = []
+    counts = found.get("parameter_counts") or {}
+    if "max_relative_difference" in counts:
+        apart = f"total and non-embedding N up to {counts['max_relative_difference']:.1%} apart"
+        if not counts["differ"]:
+            parts.append(apart + ": one fit serves both")
+        elif counts.get("fits") and len(counts["fits"]) == 2:
+            parts.append(apart + ": L(N, D) under each below")
+        else:
+            parts.append(f"{apart}; {counts['reason']}")
+    warmup = found.get("warmup")
+    if warmup and warmup["max_share"] is not None:
+        parts.append(f"warmup up to {warmup['max_share']:.0%} of the planned steps")
+    early = found.get("read_early")
+    if early is not None:
+        parts.append(f"{len(early)} final loss{'es' if len(early) > 1 else ''} read before the schedule ends"
+                     if early else "every final loss read at the end of its schedule")
+    return "; ".join(parts)
+
+
+def _holdout_line(holdout: dict) -> str:
+    from orchestrator import fmt
+
+    if holdout.get("reason"):
+        return f"hold-out of the largest size skipped: {holdout['reason']}"
+    return (f"fitted without the largest size (N={fmt.count(holdout['N'])}, {holdout['held_out_runs']} runs), "
+            f"the law predicts its losses within {holdout['mean_abs_error']:.1%} on average "
+            f"(max {holdout['max_abs_error']:.1%}, signed mean {holdout['mean_error']:+.1%})")
+
+
+def _print_both_counts(console, accounting: dict, budgets, params: str) -> None:
+    """L(N, D) under total and non-embedding N side by side, when they differ enough to matter."""
+    from rich.table import Table
+
+    from orchestrator import fmt
+
+    fits = (accounting.get("parameter_counts") or {}).get("fits") or {}
+    if len(fits) < 2:
+        return
+    other = "non_embedding" if params == "total" else "total"
+    table = Table(title="L(N, D) under each parameter count",
+                  caption=(f"The {params.replace('_', '-')} fit is the one above; the {other.replace('_', '-')} "
+                           "fit has no bootstrap. Each reads C as 6 x its own N x D."),
+                  caption_justify="left")
+    headers = {"total": "total N (Hoffmann)", "non_embedding": "non-embedding N (Kaplan)"}
+    table.add_column("")
+    for key in ("total", "non_embedding"):
+        table.add_column(headers[key], justify="right")
+    for name in ("E", "alpha", "beta", "a"):
+        table.add_row(name, *(f"{fits[key][name]:.4g}" for key in ("total", "non_embedding")))
+    for j, budget in enumerate(budgets):
+        table.add_row(f"N_opt at {fmt.flops(budget)}",
+                      *(fmt.count(fits[key]["N_opt"][j]) for key in ("total", "non_embedding")))
+    console.print(table)
 
 
 def _with_problems(n: int) -> str:

@@ -32,33 +32,77 @@ def add_arguments(parser) -> None:
     parser.add_argument("--bootstrap", type=int, default=200, metavar="N", help="bootstrap resamples (default 200)")
 
 
-def progress_view(registry: str, statuses, started: float):
-    from rich.console import Group
-    from rich.progress_bar import ProgressBar
-    from rich.table import Table
+LIVE_COLUMNS = ("run", "state", "step", "tokens", "tokens/s", "loss", "val loss")
+# What a narrow terminal gives up first: the header counts the tokens and the bar shows the
+# progress; the run's label and state are never given up, nor cut.
+NARROW_DROP_ORDER = ("tokens", "tokens/s", "val loss", "step", "loss")
+COMPLETED_SHOWN = 4  # the latest finished runs under the running ones
 
-    from orchestrator.status import summarize
 
-    planned = sum(s.spec.tokens for s in statuses)
-    done = sum(s.spec.tokens if s.state == "completed" else (s.tokens_processed or 0) for s in statuses)
-    counts = summarize(statuses)
-    header = (f"[bold]{registry}[/]: {counts.get('completed', 0)}/{len(statuses)} runs done, "
-              f"{counts.get('running', 0)} running, {counts.get('pending', 0)} pending"
-              + "".join(f", [red]{n} {state}[/]" for state, n in counts.items()
-                        if state not in ("completed", "running", "pending"))
-              + f"   {fmt.count(done)}/{fmt.count(planned)} tokens, {fmt.duration(time.monotonic() - started)}")
-    table = Table(box=None, padding=(0, 2))
-    label_width = max(len(s.spec.label) for s in statuses)
-    for column in ("run", "state", "step", "tokens", "tokens/s", "loss", "val loss"):
-        # the labels keep their full width in an 80-column terminal; the numbers give way first
-        table.add_column(column, justify="left" if column in ("run", "state") else "right",
-                         min_width=label_width if column == "run" else None, no_wrap=column == "run")
-    shown = [s for s in statuses if s.state == "running"] + [s for s in statuses if s.state == "completed"][-4:]
-    for s in shown:
-        table.add_row(s.spec.label, s.state, f"{s.optimizer_step or 0}/{s.spec.optimizer_steps}",
-                      fmt.count(s.tokens_processed or 0), fmt.count(s.tokens_per_s) if s.tokens_per_s else "",
-                      f"{s.loss:.3f}" if s.loss is not None else "", f"{s.val_loss:.3f}" if s.val_loss else "")
-    return Group(header, ProgressBar(total=max(planned, 1), completed=done, width=60), table)
+class ProgressView:
+    """The live view: a header, a bar, and a table of the running runs and the latest finished.
+
+    Laid out for the width it is drawn at (rich asks, on every refresh, so a resized terminal
+    is followed): every label in full, at its own width, and the numeric columns dropped in
+    ``NARROW_DROP_ORDER`` until the rest fits; a label is the only thing that tells rows
+    apart, and ``qs_48d_...`` three times tells nothing.
+    """
+
+    def __init__(self, registry: str, statuses, started: float):
+        from orchestrator.status import summarize
+
+        self.planned = sum(s.spec.tokens for s in statuses)
+        self.done = _tokens_done(statuses)
+        counts = summarize(statuses)
+        self.header = (f"[bold]{registry}[/]: {counts.get('completed', 0)}/{len(statuses)} runs done, "
+                       f"{counts.get('running', 0)} running, {counts.get('pending', 0)} pending"
+                       + "".join(f", [red]{n} {state}[/]" for state, n in counts.items()
+                                 if state not in ("completed", "running", "pending"))
+                       + f"   {fmt.count(self.done)}/{fmt.count(self.planned)} tokens, "
+                         f"{fmt.duration(time.monotonic() - started)}")
+        shown = ([s for s in statuses if s.state == "running"]
+                 + [s for s in statuses if s.state == "completed"][-COMPLETED_SHOWN:])
+        self.rows = [dict(zip(LIVE_COLUMNS, (
+            s.spec.label, s.state, f"{s.optimizer_step or 0}/{s.spec.optimizer_steps}",
+            fmt.count(s.tokens_processed or 0), fmt.count(s.tokens_per_s) if s.tokens_per_s else "",
+            f"{s.loss:.3f}" if s.loss is not None else "", f"{s.val_loss:.3f}" if s.val_loss else "")))
+            for s in shown]
+        self.label_width = max((len(s.spec.label) for s in statuses), default=3)
+
+    def columns(self, width: int) -> list[str]:
+        """The columns that fit in ``width``, two spaces apart, in their order."""
+        widths = {c: max([len(c)] + [len(row[c]) for row in self.rows]) for c in LIVE_COLUMNS}
+        widths["run"] = max(widths["run"], self.label_width)
+        kept = list(LIVE_COLUMNS)
+        for column in NARROW_DROP_ORDER:
+            if sum(widths[c] for c in kept) + 2 * (len(kept) - 1) <= width:
+                break
+            kept.remove(column)
+        return kept
+
+    def __rich_console__(self, console, options):
+        from rich.progress_bar import ProgressBar
+        from rich.segment import Segment
+        from rich.table import Table
+        from rich.text import Text
+
+        width = options.max_width
+        yield Text.from_markup(self.header)
+        yield ProgressBar(total=max(self.planned, 1), completed=self.done, width=min(60, width))
+        yield Segment.line()  # the bar does not end its line
+        table = Table(box=None, padding=(0, 1), pad_edge=False, show_edge=False)
+        kept = self.columns(width)
+        for column in kept:
+            table.add_column(column, justify="left" if column in ("run", "state") else "right", no_wrap=True,
+                             min_width=self.label_width if column == "run" else None,
+                             overflow="fold" if column == "run" else "ellipsis")
+        for row in self.rows:
+            table.add_row(*(row[c] for c in kept))
+        yield table
+
+
+def progress_view(registry: str, statuses, started: float) -> ProgressView:
+    return ProgressView(registry, statuses, started)
 
 
 def progress_line(registry: str, statuses, started: float, tokens_at_start: int) -> str:
