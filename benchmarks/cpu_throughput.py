@@ -1,6 +1,6 @@
 """Measure this CPU's training speed for the ``cpu_throughput`` of a local partition profile.
 
-    python benchmarks/cpu_throughput.py                       # widths 16 32 64 96, 2 layers, 64 x 32, 100 steps
+    python benchmarks/cpu_throughput.py                       # widths 16 32 64 96, 2 layers, rotary, 64 x 16, 100 steps
     python benchmarks/cpu_throughput.py --widths 16 32 64 96 128 --steps 200 --parallel 1
 
 Each width is trained by the real trainer in a fresh process (``workloads.run``, as the local
@@ -52,6 +52,7 @@ WARMUP_STEPS = 5
 def spec_for(width: int, args):
     return make_spec("transformer", hidden_dim=width, num_layers=args.layers, seq_length=args.seq,
                      target_effective_batch_size=args.batch, train_tokens=args.steps * args.batch * args.seq,
+                     positional=args.positional,
                      label=f"cpu_{width}d", folder_name="cpu_throughput", partition="local", gpus=1,
                      eval_interval_steps=args.steps, eval_batches=args.eval_batches, log_interval_steps=10,
                      checkpoint_interval_steps=10 ** 9)
@@ -127,7 +128,8 @@ def main() -> None:
     parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 96])
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--seq", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=16, help="sequences a step (QUICKSTART's 16 by default)")
+    parser.add_argument("--positional", default="rotary", help="position encoding (QUICKSTART's rotary by default)")
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps per run (>= 20)")
     parser.add_argument("--eval-batches", type=int, default=8)
     parser.add_argument("--parallel", type=int, default=None,
@@ -175,7 +177,7 @@ def main() -> None:
     busy = f"; load average {load:.1f} on {os.cpu_count()} CPUs" + (f"; {args.note}" if args.note else "")
     measured = (f"benchmarks/cpu_throughput.py on {os.cpu_count()} x {cpu_name()}, {datetime.date.today()}, "
                 f"{copies} run{'s' if copies > 1 else ''} at once, 1 thread each, {args.clock} time, widths "
-                f"{'/'.join(map(str, args.widths))} x {args.layers} layers, {args.seq} x {args.batch} tokens, "
+                f"{'/'.join(map(str, args.widths))} x {args.layers} layers, {args.positional}, {args.seq} x {args.batch} tokens, "
                 f"{args.steps} steps{busy}")
     print(f"\nmeasured in {time.monotonic() - started:.0f} s; for slurm_templates/local.yaml:\n")
     print("cpu_throughput:")

@@ -150,8 +150,9 @@ def submit_record(registry, specs):
     submission.save()
 
 
-@pytest.mark.parametrize("selector, meant", [("QS_16D_*", "qs_16d_1M"), ("qs_61d_1M", "qs_16d_1M"),
-                                             ("qs_48d_1M_*", "qs_48d_1M"), ("Quickstart/qs_24d_*", "quickstart/qs_24d_1M")])
+@pytest.mark.parametrize("selector, meant", [("QS_16D_*", "qs_16d_2800k"), ("qs_32d_35k", "qs_32d_350k"),
+                                             ("qs_48d_350k_*", "qs_48d_350k"),
+                                             ("Quickstart/qs_32d_*", "quickstart/qs_32d_2800k")])
 def test_a_label_that_matches_nothing_suggests_a_submitted_label(selector, meant):
     from orchestrator.errors import UsageError
     from orchestrator.registry import load_registry
