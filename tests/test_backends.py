@@ -134,7 +134,14 @@ def test_code_environment_is_restored_afterwards(monkeypatch):
         assert os.environ["PYTHONPATH"] == "/site/a" and "PYTHONSAFEPATH" not in os.environ
 
 
-def test_slurm_executor_writes_hold_and_the_snapshot_into_its_script(tmp_path):
+def test_slurm_executor_writes_hold_and_the_snapshot_into_its_script(tmp_path, monkeypatch):
+    # submitit's SlurmExecutor looks for srun when it is made; a machine whose Slurm the
+    # cluster fixture has not installed yet has none, and this test only reads the script text
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
     resources = dict(partition="sphinx", gpus=1, time_min=5, mem_gb=4, cpus_per_gpu=1)
     executor = make_executor("slurm", str(tmp_path), get_profile("sphinx"), resources, 2, "x", 3,
                              code_dir=Path("/code"))
