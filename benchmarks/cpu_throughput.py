@@ -43,7 +43,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from orchestrator.backends import default_parallel  # noqa: E402
-from orchestrator.commands.show import flops_per_token  # noqa: E402
 from orchestrator.spec import make_spec  # noqa: E402
 
 WARMUP_STEPS = 5
@@ -158,7 +157,7 @@ def main() -> None:
             by_clock = {clock: {key: statistics.median(r[clock][key] for r in runs) for key in runs[0][clock]}
                         for clock in ("cpu", "wall")}
             row = dict(by_clock[args.clock], width=width, params=spec.total_params,
-                       flops_per_token=flops_per_token(spec))
+                       flops_per_token=spec.flops_per_token())
             rows.append(row)
             print(f"d={width:<3} N={spec.total_params:>8,} {row['flops_per_token'] / 1e6:5.2f} MFLOP/token  "
                   + "  ".join(f"{clock}: {1 / c['s_per_token']:>6,.0f} tok/s, eval {c['eval_token_cost']:.2f}x, "

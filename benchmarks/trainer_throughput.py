@@ -4,6 +4,12 @@
     python benchmarks/trainer_throughput.py --width 512 --layers 8 --seq 1024 --batch 32 --steps 300   # a GPU
     python benchmarks/trainer_throughput.py --workload lstm --width 128            # the LSTM, hidden 128
     python benchmarks/trainer_throughput.py --workload lstm --width 128 --ranks 2  # + 2 DDP ranks (gloo/NCCL)
+    python benchmarks/trainer_throughput.py --preset lingua27m --steps 100         # a GPU: issue 13's node scale
+
+``--preset NAME`` sets defaults that explicit flags still override. ``lingua27m`` is the node-scale
+shape of issue 13 (lingua's small config: d=512, 8 layers, 8 heads, T=2048, batch 8; bf16
+autocast, as every CUDA run here) on ``miso``'s profile, whose peak the trainer's own MFU
+column divides by; it is meant for a GPU, not the CPU.
 
 The bare loop is nanoGPT's: random windows from the same token array, forward, backward,
 clip, AdamW step. The trainer is ``workloads.run`` itself, timed over the same steps from its
@@ -11,7 +17,9 @@ step hook, so it includes batch addressing, the schedule, accounting and logging
 final evaluation). Both alternate ``--repeats`` times and the medians are compared; the
 target ratio is >= 0.95. On the CPU, CPU time is printed beside wall time: other work on a
 shared machine moves wall-clock rates by tens of percent between runs. On a GPU the MFU
-counts 6 N + 12 L T d FLOPs per token (6 N for the LSTM) against the peak bf16 rate.
+counts ``spec.flops_per_token()`` (6 N + 12 L d T; 6 N for the LSTM) against the peak bf16 rate.
+Under the ratios, the trainer's own metrics CSV (last repeat, rows after the warm-up, medians):
+its MFU against the partition profile's peak, step time, data wait and peak memory.
 
 ``--ranks R`` also runs the trainer as R data-parallel processes (``python -m workloads.run``
 with env:// variables, as the local backend starts them; on a GPU machine one GPU each),
@@ -46,6 +54,9 @@ from workloads.transformer.model import GPT
 
 MODELS = {"transformer": GPT, "lstm": LSTMLM}
 
+PRESETS = {
+    "lingua27m": dict(width=512, layers=8, heads=8, seq=2048, batch=8, partition="miso"),
+}
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0, "V100": 125.0}
 WARMUP_STEPS = 10
 
@@ -90,8 +101,9 @@ def bare_loop(spec, data: TokenData, batch: int, steps: int, device) -> tuple[fl
     return clock.rates((steps - WARMUP_STEPS) * batch * T, start, clock.now())
 
 
-def trainer(spec, batch: int, steps: int, device, data_cache) -> tuple[float, float]:
-    """Tokens/s (wall, CPU) of ``workloads.run`` between the same steps as the bare loop.
+def trainer(spec, batch: int, steps: int, device, data_cache) -> tuple[tuple[float, float], list[dict]]:
+    """Tokens/s (wall, CPU) of ``workloads.run`` between the same steps as the bare loop, and
+    the rows of its metrics CSV.
 
     Timed from its step hook: after step WARMUP_STEPS - 1 to after step steps - 1, which
     includes its logging (every 10 steps) but not its final evaluation and checkpoint.
@@ -107,7 +119,30 @@ def trainer(spec, batch: int, steps: int, device, data_cache) -> tuple[float, fl
         spec_path.write_text(json.dumps(spec.to_dict()))
         run(spec_path, root=root, batch_size=batch, grad_accum=1, device=device, data_cache=data_cache,
             on_step=on_step)
-    return clock.rates((steps - WARMUP_STEPS) * batch * spec.seq_length, marks[WARMUP_STEPS - 1], marks[steps - 1])
+        with open(Path(root) / spec.folder_name / f"{spec.label}.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    rates = clock.rates((steps - WARMUP_STEPS) * batch * spec.seq_length, marks[WARMUP_STEPS - 1], marks[steps - 1])
+    return rates, rows
+
+
+def csv_summary(rows: list[dict]) -> str:
+    """The trainer's own per-interval metrics after the warm-up, as medians (the last row,
+    which includes the final evaluation's memory, is left out)."""
+    rows = [r for r in rows if WARMUP_STEPS < int(r["optimizer_step"]) and not r["val_loss"]]
+    if not rows:
+        return "trainer's CSV: no logged rows after the warm-up"
+
+    def median(key):
+        values = [float(r[key]) for r in rows if r.get(key, "") != ""]
+        return statistics.median(values) if values else None
+
+    step, wait = median("step_time_s"), median("data_wait_s")
+    memory = (f"peak memory {median('peak_mem_allocated_gb'):.2f} GB allocated, "
+              f"{median('peak_mem_reserved_gb'):.2f} GB reserved" if median("peak_mem_allocated_gb") is not None
+              else f"peak RSS {median('peak_rss_gb'):.2f} GB")
+    return (f"trainer's CSV ({len(rows)} rows after step {WARMUP_STEPS}, medians): MFU {median('mfu'):.2%} "
+            f"(profile peak), {median('tokens_per_s_per_gpu'):,.0f} tok/s per GPU, step {step * 1e3:.1f} ms, "
+            f"data wait {wait * 1e3:.2f} ms ({wait / step:.1%}), {memory}")
 
 
 def data_parallel(spec, ranks: int, batch: int, steps: int, device, data_cache) -> float:
@@ -142,9 +177,12 @@ def data_parallel(spec, ranks: int, batch: int, steps: int, device, data_cache) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="defaults for a named shape (explicit flags override them)")
     parser.add_argument("--workload", choices=sorted(MODELS), default="transformer")
     parser.add_argument("--width", type=int, default=64, help="the transformer's width or the LSTM's hidden size")
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=None, help="the transformer's heads (default: its rule)")
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=200)
@@ -154,11 +192,15 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=None, help="peak bf16 TFLOP/s (default: by GPU name)")
     parser.add_argument("--data-cache", default=None)
     parser.add_argument("--ranks", type=int, default=1, help="also time the trainer as this many DDP processes")
+    preset = parser.parse_known_args()[0].preset
+    if preset:
+        parser.set_defaults(**PRESETS[preset])
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    spec = make_spec(args.workload, hidden_dim=args.width, num_layers=args.layers, seq_length=args.seq,
+    shape = {"num_heads": args.heads} if args.heads and args.workload == "transformer" else {}
+    spec = make_spec(args.workload, hidden_dim=args.width, num_layers=args.layers, seq_length=args.seq, **shape,
                      label="throughput", folder_name="benchmark", partition=args.partition, gpus=1,
                      target_effective_batch_size=args.batch, train_tokens=args.steps * args.batch * args.seq,
                      eval_interval_steps=args.steps, log_interval_steps=10, checkpoint_interval_steps=10 ** 9)
@@ -166,7 +208,8 @@ def main() -> None:
     bare, ours = [], []
     for _ in range(args.repeats):
         bare.append(bare_loop(spec, data, args.batch, args.steps, device))
-        ours.append(trainer(spec, args.batch, args.steps, device, args.data_cache))
+        rates, rows = trainer(spec, args.batch, args.steps, device, args.data_cache)
+        ours.append(rates)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({args.threads} thread)"
     print(f"device {name}; {args.workload} d={args.width} L={args.layers} T={args.seq} batch={args.batch}; "
           f"{spec.total_params:,} params; {args.steps} steps x {args.repeats} repeats")
@@ -178,12 +221,11 @@ def main() -> None:
               f"trainer {statistics.median(o):,.0f} tok/s ({', '.join(f'{x:,.0f}' for x in o)})")
         print(f"{clock:>4} time: ratio trainer / bare {statistics.median(o) / statistics.median(b):.3f} "
               f"(paired: {', '.join(f'{r:.3f}' for r in pairs)}; target >= 0.95)")
+    print(csv_summary(rows))
     bare_tps, ours_tps = statistics.median(x[0] for x in bare), statistics.median(x[0] for x in ours)
     if device.type == "cuda":
         peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-        flops_per_token = 6 * spec.total_params
-        if spec.workload == "transformer":
-            flops_per_token += 12 * spec.num_layers * spec.seq_length * spec.hidden_dim
+        flops_per_token = spec.flops_per_token()
         if peak:
             print(f"MFU: trainer {ours_tps * flops_per_token / (peak * 1e12):.1%}, "
                   f"bare {bare_tps * flops_per_token / (peak * 1e12):.1%} of {peak:.0f} TFLOP/s bf16")

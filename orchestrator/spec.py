@@ -250,6 +250,11 @@ class ExperimentSpec:
         total, embedding = self.param_counts()
         return total - embedding
 
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token for MFU and CPU time estimates: 6 N (every weight's
+        multiply-add, forward and backward). A workload with more (attention) overrides it."""
+        return 6.0 * self.total_params
+
     @property
     def tokens_per_step(self) -> int:
         return self.target_effective_batch_size * self.seq_length

@@ -10,6 +10,35 @@ Accounting. One optimizer step takes ``batch_size * grad_accum`` sequences on ea
 ``tokens_processed = step * batch_size * grad_accum * world_size * seq_length`` and
 ``theoretical_flops_chinchilla = 6 * total_params * tokens_processed``, on every row.
 
+Metrics CSV (``COLUMNS``; new columns are only ever appended, readers go by name). One row at
+step 1, every ``log_interval_steps``, at every evaluation and at the last step:
+
+- ``optimizer_step``, ``tokens_processed``, ``theoretical_flops_chinchilla``: the accounting above.
+- ``loss``: this step's training loss, the mean over ranks; ``val_loss`` at evaluation steps.
+- ``learning_rate`` (the base rate; groups scale it), ``grad_norm`` (before clipping).
+- ``tokens_per_s``: tokens of all ranks over the interval since the previous row, per second;
+  ``tokens_per_s_per_gpu`` the same per rank (per GPU; on a CPU, per process).
+- ``mfu``: model FLOPs utilisation, ``tokens_per_s * spec.flops_per_token() / (ranks * peak)``,
+  the peak being ``peak_flops_per_gpu`` of the partition's profile (bf16 dense; the ``local``
+  profile's is a rough CPU number, so a CPU run's MFU compares only with other CPU runs).
+- ``step_time_s``: mean wall seconds per optimizer step over the interval; ``data_wait_s``: of
+  those, the mean seconds spent reading a step's batches from the token cache (host time; the
+  copy to the device is left out: from pageable memory it may wait for the device).
+  Rates and step times count training only: the evaluation, the CSV row and checkpoint writes
+  between two rows are left out (``elapsed_s`` has them). All are rank 0's clocks: DDP keeps
+  the ranks in step.
+- ``peak_mem_allocated_gb``, ``peak_mem_reserved_gb``: on CUDA, rank 0's
+  ``torch.cuda.max_memory_allocated`` / ``max_memory_reserved`` since the previous row
+  (including this row's evaluation), reset after every row; empty on a CPU, which has no
+  such counters. ``peak_rss_gb``: rank 0's process peak resident memory since it started
+  (``getrusage``; never reset), on every device.
+- ``ranks``: the world size; ``elapsed_s``: training seconds since the run first started,
+  resumed runs included.
+
+Timing adds no device synchronisation: the clock is read at logged steps only, after the
+loss has been fetched from the device (which waits for the step), and the batch timer reads
+host clocks around host work.
+
 Outputs (names from ``orchestrator.paths``): the metrics CSV is appended as rows are
 logged and rewritten atomically on resume (dropping rows past the checkpoint) and at the
 end; status.json and the config JSON are written atomically; status.json is updated at
@@ -33,6 +62,7 @@ import io
 import math
 import os
 import random
+import resource
 import subprocess
 import time
 import traceback
@@ -51,7 +81,8 @@ from workloads.data import TokenData
 
 FINAL_STATES = ("completed", "diverged")  # a run in one of these is never trained again
 COLUMNS = ("optimizer_step", "tokens_processed", "loss", "val_loss", "learning_rate", "grad_norm",
-           "theoretical_flops_chinchilla", "tokens_per_s", "elapsed_s")
+           "theoretical_flops_chinchilla", "tokens_per_s", "elapsed_s", "tokens_per_s_per_gpu", "mfu",
+           "step_time_s", "data_wait_s", "peak_mem_allocated_gb", "peak_mem_reserved_gb", "peak_rss_gb", "ranks")
 
 
 # --------------------------------------------------------------- optimisation
@@ -100,6 +131,32 @@ def resolve_batch(spec, world_size: int = 1, batch_size: int | None = None,
     peak = estimate_memory(spec, get_profile(spec.partition)).peak_gb(batch_size)
     return dataclasses.replace(plan, batch_size=batch_size, grad_accum=grad_accum,
                                data_parallel=world_size, peak_memory_gb=peak)
+
+
+# ---------------------------------------------------------------- throughput
+def interval_metrics(steps: int, seconds: float, data_wait_s: float, tokens_per_step: int, world: int,
+                     flops_per_token: float, peak_flops_per_gpu: float) -> dict:
+    """The rate columns of one CSV row from ``steps`` optimizer steps that took ``seconds``.
+
+    MFU is computed from the rounded ``tokens_per_s`` that the row shows, so the CSV is
+    consistent with itself.
+    """
+    step_time = seconds / steps
+    rate = round(tokens_per_step / step_time, 1)
+    return {"tokens_per_s": rate, "tokens_per_s_per_gpu": round(rate / world, 1),
+            "mfu": float(f"{rate * flops_per_token / (world * peak_flops_per_gpu):.6g}"),
+            "step_time_s": round(step_time, 6), "data_wait_s": round(data_wait_s / steps, 6), "ranks": world}
+
+
+def peak_memory(device) -> dict:
+    """Peak memory columns; on CUDA the device's peak counters are reset for the next interval."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    row = {"peak_rss_gb": round(rss * (1 if os.uname().sysname == "Darwin" else 1024) / 1e9, 3)}
+    if device.type == "cuda":
+        row["peak_mem_allocated_gb"] = round(torch.cuda.max_memory_allocated(device) / 1e9, 3)
+        row["peak_mem_reserved_gb"] = round(torch.cuda.max_memory_reserved(device) / 1e9, 3)
+        torch.cuda.reset_peak_memory_stats(device)
+    return row
 
 
 # ------------------------------------------------------------------ run files
@@ -283,6 +340,7 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
     B, A, T, total = plan.batch_size, plan.grad_accum, spec.seq_length, spec.optimizer_steps
     effective = B * A * world
     tokens_per_step = effective * T
+    flops_per_token, peak_flops = spec.flops_per_token(), get_profile(spec.partition).peak_flops_per_gpu
 
     csv_log = None
     if rank == 0:
@@ -303,7 +361,9 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
     params = list(model.parameters())
     interval_loss = torch.zeros((), device=device)
     loop_start = mark = time.perf_counter()
-    tokens_mark = start_step * tokens_per_step
+    logged_step, paused, data_wait = start_step, 0.0, 0.0  # since the previous row: paused = checkpoint writes
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     for step in range(start_step + 1, total + 1):
         lr = lr_at(spec, step)
         set_lr(optimizer, lr)
@@ -313,7 +373,10 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
         step_loss = torch.zeros((), device=device)
         for micro in range(A):
             first = (step - 1) * effective + (rank * A + micro) * B
-            batch = torch.from_numpy(data.train_batch(first, B)).to(device, non_blocking=True)
+            fetch = time.perf_counter()
+            host_batch = data.train_batch(first, B)
+            data_wait += time.perf_counter() - fetch
+            batch = torch.from_numpy(host_batch).to(device, non_blocking=True)
             sync = forward.no_sync() if world > 1 and micro < A - 1 else contextlib.nullcontext()
             with sync:
                 with autocast:
@@ -338,26 +401,27 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
             row = {"optimizer_step": step, "tokens_processed": tokens, "loss": loss_value,
                    "learning_rate": lr, "grad_norm": grad_norm.item(),
                    "theoretical_flops_chinchilla": 6 * n_params * tokens,
-                   "tokens_per_s": round((tokens - tokens_mark) / (now - mark), 1),
-                   "elapsed_s": round(elapsed_before + now - loop_start, 3)}
+                   "elapsed_s": round(elapsed_before + now - loop_start, 3),
+                   **interval_metrics(step - logged_step, now - mark - paused, data_wait, tokens_per_step,
+                                      world, flops_per_token, peak_flops)}
             if evaluate_now and not diverged:
                 row["val_loss"] = evaluate(model, data, spec, B, device, autocast, rank, world)
+            row.update(peak_memory(device))
             if rank == 0:
                 csv_log.append(row)
                 print(f"{spec.run_name} step {step}/{total} loss {loss_value:.4f}"
                       + (f" val {row['val_loss']:.4f}" if row.get("val_loss") is not None else "")
-                      + f" lr {lr:.3g} {row['tokens_per_s']:.0f} tok/s", flush=True)
+                      + f" lr {lr:.3g} {row['tokens_per_s']:.0f} tok/s mfu {row['mfu']:.2%}", flush=True)
                 if row.get("val_loss") is not None and step < total:
                     write_status(paths, spec, "running", step, val_loss=row["val_loss"])
             if diverged:
                 if rank == 0:
                     csv_log.close()
-                    since = tokens_mark // tokens_per_step + 1
                     return write_status(paths, spec, "diverged", step,  # the loss itself may be NaN: not JSON
-                                        error=f"non-finite training loss in optimizer steps {since}..{step} "
+                                        error=f"non-finite training loss in optimizer steps {logged_step + 1}..{step} "
                                               f"(loss {loss_value} at step {step})")
                 return {"state": "diverged", "optimizer_step": step}
-            tokens_mark, mark = tokens, time.perf_counter()
+            logged_step, mark, paused, data_wait = step, time.perf_counter(), 0.0, 0.0
 
         if on_step is not None:
             on_step(step, model)
@@ -367,7 +431,8 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
                                dist.ReduceOp.MAX)
             signum = None if flag.item() < 0 else int(flag.item())
         if step < total and (signum is not None or step % spec.checkpoint_interval_steps == 0):
-            elapsed = elapsed_before + time.perf_counter() - loop_start
+            pause_start = time.perf_counter()
+            elapsed = elapsed_before + pause_start - loop_start
             if rank == 0:
                 checkpoint = save_checkpoint(paths, spec, step, model, optimizer, elapsed)
                 if signum is None:
@@ -379,6 +444,7 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
                                         f"(checkpoint {checkpoint.name})")
             if world > 1:
                 dist.barrier()
+            paused += time.perf_counter() - pause_start
             if signum is not None:
                 if rank == 0:
                     csv_log.close()

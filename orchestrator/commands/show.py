@@ -36,16 +36,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def flops_per_token(spec) -> float:
-    """Training FLOPs per token: 6 N, plus 12 L T d for a transformer's attention scores and
-    values (forward and backward; PaLM's count), which 6 N leaves out and which matters for
-    the small widths of a CPU study."""
-    flops = 6.0 * spec.total_params
-    if spec.workload == "transformer":
-        flops += 12.0 * spec.num_layers * spec.seq_length * spec.hidden_dim
-    return flops
-
-
 def eval_tokens(spec) -> int:
     """Validation tokens a whole run evaluates: ``eval_batches`` effective batches at every
     ``eval_interval_steps`` and at the last step (``workloads.loop``)."""
@@ -64,7 +54,7 @@ def estimated_wall_s(spec, profile: Profile, mfu: float) -> float:
     cpu = profile.cpu_throughput
     if cpu is None:
         return spec.flops / (spec.gpus * profile.peak_flops_per_gpu * mfu)
-    per_token = cpu.seconds_per_token(flops_per_token(spec))
+    per_token = cpu.seconds_per_token(spec.flops_per_token())
     tokens = spec.tokens + cpu.eval_token_cost * eval_tokens(spec)
     return cpu.startup_s + tokens * per_token / spec.gpus
 

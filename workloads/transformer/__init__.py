@@ -83,6 +83,21 @@ class TransformerSpec(ExperimentSpec):
         embedding += 0 if self.tie_embeddings else v * d
         return embedding + self.num_layers * block + d, embedding
 
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token, PaLM's convention (Chowdhery et al. 2022, appendix B):
+        6 N + 12 L d T.
+
+        6 N counts every weight's multiply-add forward and backward, with N the parameters
+        *without* the position embeddings (a lookup, not a matrix product; the token
+        embedding stays in, as it is the tied output head). 12 L d T counts the attention
+        scores and their weighted values (forward and backward, the causal half not
+        discounted), which 6 N leaves out and which matter at the small widths of a CPU
+        study. The metrics CSV's MFU and ``show``'s CPU estimates both use this.
+        """
+        d, L, T = self.hidden_dim, self.num_layers, self.seq_length
+        positions = T * d if self.positional == "learned" else 0
+        return 6 * (self.total_params - positions) + 12 * L * d * T
+
     def activation_bytes_per_sample(self, dtype_bytes: int) -> float:
         """Per token and layer, ~ 9d + 2 MLP widths saved (fused attention, no s^2 term).
 
