@@ -29,6 +29,7 @@ from orchestrator.errors import UsageError, unknown
 SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 BUILTIN_DATASETS = ("shakespeare", "kjv")
 LR_SCHEDULES = ("warmup_cosine", "warmup_constant")
+FSDP_MODES = ("none", "no_shard", "full_shard")
 MUP_LR_RULES = ("paper", "sqrt")
 DEFAULT_TOKENS_PER_PARAM = 20.0
 IDENTITY_LENGTH = 12
@@ -41,7 +42,7 @@ MIN_SOURCE_SHARE = 2.0 ** -20
 # they never change the identity hash. Two specs that differ only here are duplicates.
 NON_SCIENTIFIC_FIELDS = frozenset({
     "label", "folder_name", "partition", "gpus", "time_min", "mem_gb", "cpus_per_gpu",
-    "checkpoint_interval_steps", "compile",
+    "checkpoint_interval_steps", "compile", "fsdp",
 })
 # Scientific fields added after version 1. While such a field is at its default it is left out
 # of the identity, so a spec that does not use it keeps the hash it had before the field existed
@@ -114,6 +115,9 @@ class ExperimentSpec:
     cpus_per_gpu: int | None = None
     checkpoint_interval_steps: int = 500
     compile: bool = False
+    # data parallelism across a run's GPUs: "none" is DDP; FSDP2 without or with sharding, as in
+    # lingua's fsdp_type. How the work is split, not what is computed: not in the identity.
+    fsdp: str = "none"
 
     workload_name: ClassVar[str] = ""
     default_gpus: ClassVar[int] = 1
@@ -184,6 +188,7 @@ class ExperimentSpec:
             if not 0 <= getattr(self, name) < 1:
                 raise UsageError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _check_choice("fsdp", self.fsdp, FSDP_MODES)
         _check_dataset(self.dataset)
         _check_sources(self.dataset, self.sources)
 

@@ -147,7 +147,7 @@ CHANGED_SCIENCE = {
 }
 CHANGED_RESOURCES = {
     "label": "other", "folder_name": "elsewhere", "partition": "miso", "gpus": 2, "time_min": 30,
-    "mem_gb": 100, "cpus_per_gpu": 3, "checkpoint_interval_steps": 7, "compile": True,
+    "mem_gb": 100, "cpus_per_gpu": 3, "checkpoint_interval_steps": 7, "compile": True, "fsdp": "full_shard",
 }
 
 
