@@ -8,4 +8,5 @@
 Your own registries can live outside this package: see README ("Your own registries").
 """
 
-from orchestrator.builders import create_multi_lr_experiments, gen_experim, lr_tag  # noqa: F401
+from orchestrator.builders import (  # noqa: F401
+    create_multi_lr_experiments, from_lingua_config, gen_experim, lingua_experim, lr_tag)

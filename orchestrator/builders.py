@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Iterable
 
 from orchestrator.spec import ExperimentSpec, make_spec
+# lingua's names and per-GPU batch (orchestrator/lingua.py): builders too, exported with these
+from orchestrator.lingua import from_lingua_config, lingua_experim  # noqa: F401
 
 
 def gen_experim(hidden_dim: int, label: str, folder_name: str | None = None,
