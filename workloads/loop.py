@@ -2,7 +2,8 @@
 
 A workload hands ``train`` a spec and a function building its model. The model is an
 ``nn.Module`` whose ``forward(idx, targets)`` returns the mean cross-entropy and whose
-``param_groups()`` returns AdamW groups (``params``, ``weight_decay``, ``lr_scale``).
+``param_groups()`` returns AdamW groups (``params``, ``weight_decay``, ``lr_scale``); an optional
+``fsdp_units()`` lists the submodules FSDP shards one by one (without it, the root alone).
 
 Accounting. One optimizer step takes ``batch_size * grad_accum`` sequences on each of
 ``world_size`` ranks; sample ``i`` of the training stream is used by step
@@ -44,11 +45,34 @@ logged and rewritten atomically on resume (dropping rows past the checkpoint) an
 end; status.json and the config JSON are written atomically; status.json is updated at
 start, at every evaluation and checkpoint, and at the end.
 
+Data parallelism (``spec.fsdp``; one rank needs none and gets no wrapper):
+
+- ``"none"``: DDP around the (compiled) model; on CUDA, bf16 autocast.
+- ``"full_shard"``: FSDP2 (``torch.distributed.fsdp.fully_shard``) on a 1-D mesh of all ranks,
+  first on each of the model's ``fsdp_units()`` (the transformer's blocks), then on the root:
+  parameters, gradients and optimizer state sharded, parameters re-gathered for backward.
+- ``"no_shard"``: the same FSDP2 calls on a 2-D (replicate=world, shard=1) HSDP mesh with
+  ``reshard_after_forward=False``: every rank keeps the whole model and optimizer state and
+  gradients are all-reduced, as FSDP1's ``NO_SHARD``. (lingua's ``no_shard`` with its default
+  ``dp_shard=1`` is ``reshard_after_forward=False`` on a 1-D mesh, which still shards the
+  parameters at rest, ZeRO-2-like; ours is the replicate its name promises, and the public API.)
+  With FSDP on CUDA, ``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)`` instead of
+  autocast. Gradient accumulation skips the gradient sync on all but the last micro-batch in
+  every mode. ``clip_grad_norm_`` works on FSDP2's DTensor gradients (the norm is over the
+  whole model).
+
+``spec.compile``: ``torch.compile`` of the model (before DDP, after FSDP). The first optimizer
+step of each start includes the compilation; it is timed alone (``compile_s`` in status.json
+and the log) and left out of the rate columns of the row that would contain it.
+
 Faults. A checkpoint (model, optimizer, RNG, step; the data position and the learning rate
 follow from the step) is written atomically every ``checkpoint_interval_steps``, at the
 end, and when a stop is requested (``workloads.interrupt``), after which ``RunInterrupted``
-is raised. Starting again resumes from the latest checkpoint; a completed or diverged run
-(status.json, same identity) is not trained again. A non-finite training loss
+is raised. With FSDP the ranks gather full CPU state dicts (``torch.distributed.checkpoint``'s
+``get_model_state_dict`` and ``get_optimizer_state_dict``) that rank 0 writes in the one-file
+format of DDP and single-rank runs, so a run with any ``fsdp`` mode and any number of ranks
+resumes any checkpoint of its experiment. Starting again resumes from the latest checkpoint; a
+completed or diverged run (status.json, same identity) is not trained again. A non-finite training loss
 stops the run as ``diverged``; it is checked at every logged step over all steps since the
 previous one, which avoids a device sync per step.
 """
@@ -70,6 +94,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
 
 from orchestrator.errors import UsageError
 from orchestrator.paths import RunPaths, atomic_write_json, atomic_write_text, read_status
@@ -220,10 +247,40 @@ def latest_checkpoint(paths: RunPaths) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(paths: RunPaths, spec, step: int, model, optimizer, elapsed_s: float) -> Path:
+FULL_ON_RANK_0 = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def _parameter_names(model, optimizer) -> list[str]:
+    """The model's name of each optimizer parameter, in ``optimizer.state_dict()``'s numbering."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def training_state(model, optimizer, sharded: bool) -> tuple[dict, dict]:
+    """Model and optimizer state dicts as a single process has them (plain tensors, parameters
+    numbered in the optimizer's order).
+
+    ``sharded`` (FSDP): a collective every rank calls; rank 0 gets the full tensors on the CPU,
+    the other ranks empty dicts.
+    """
+    if not sharded:
+        return model.state_dict(), optimizer.state_dict()
+    model_state = get_model_state_dict(model, options=FULL_ON_RANK_0)
+    by_name = get_optimizer_state_dict(model, optimizer, options=FULL_ON_RANK_0)
+    if not by_name:
+        return model_state, {}
+    index = {name: i for i, name in enumerate(_parameter_names(model, optimizer))}
+    optimizer_state = {"state": {index[name]: value for name, value in by_name["state"].items()},
+                       "param_groups": [{**group, "params": [index[n] for n in group["params"]]}
+                                        for group in by_name["param_groups"]]}
+    return model_state, optimizer_state
+
+
+def save_checkpoint(paths: RunPaths, spec, step: int, model_state: dict, optimizer_state: dict,
+                    elapsed_s: float) -> Path:
     state = {
         "identity": spec.identity, "optimizer_step": step, "elapsed_s": elapsed_s,
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "model": model_state, "optimizer": optimizer_state,
         "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
     }
@@ -241,8 +298,11 @@ def save_checkpoint(paths: RunPaths, spec, step: int, model, optimizer, elapsed_
     return path
 
 
-def load_checkpoint(paths: RunPaths, spec, model, optimizer) -> tuple[int, float]:
-    """Restore the latest checkpoint; (optimizer step, elapsed seconds), (0, 0.0) if none."""
+def load_checkpoint(paths: RunPaths, spec, model, optimizer, sharded: bool = False) -> tuple[int, float]:
+    """Restore the latest checkpoint; (optimizer step, elapsed seconds), (0, 0.0) if none.
+
+    Every rank reads the file; with ``sharded`` (FSDP) each keeps its shard of it.
+    """
     path = latest_checkpoint(paths)
     if path is None:
         return 0, 0.0
@@ -250,8 +310,18 @@ def load_checkpoint(paths: RunPaths, spec, model, optimizer) -> tuple[int, float
     if state["identity"] != spec.identity:
         raise UsageError(f"{path} belongs to experiment {state['identity']}, not {spec.identity} "
                          f"({spec.run_name}); use another label or remove {paths.run_dir}")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    if sharded:
+        names = _parameter_names(model, optimizer)
+        saved = state["optimizer"]
+        by_name = {"state": {names[i]: value for i, value in saved["state"].items()},
+                   "param_groups": [{**group, "params": [names[i] for i in group["params"]]}
+                                    for group in saved["param_groups"]]}
+        full = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(model, state["model"], options=full)
+        set_optimizer_state_dict(model, optimizer, by_name, options=full)
+    else:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"]["torch"])
     random.setstate(state["rng"]["python"])
     if state["rng"]["cuda"] and torch.cuda.is_available():
@@ -270,6 +340,61 @@ def _all_reduce(tensor: torch.Tensor, world: int, op=None) -> torch.Tensor:
     if world > 1:
         dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
     return tensor
+
+
+def parallelize(model, spec, device, world: int):
+    """Wrap ``model`` for ``world`` data-parallel ranks as ``spec.fsdp`` says (see the module
+    docstring); (the module to call for training, autocast context, whether it is sharded).
+
+    FSDP changes ``model`` in place (its parameters become DTensors), so the optimizer must be
+    built afterwards; DDP wraps it and leaves ``model`` as it was.
+    """
+    cuda = device.type == "cuda"
+    bf16_autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    if world == 1 or spec.fsdp == "none":
+        forward = torch.compile(model) if spec.compile else model
+        if world > 1:
+            forward = torch.nn.parallel.DistributedDataParallel(forward, device_ids=[device.index] if cuda else None)
+        return forward, bf16_autocast, False
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    if spec.fsdp == "full_shard":
+        mesh, reshard = init_device_mesh(device.type, (world,), mesh_dim_names=("shard",)), True
+    else:  # "no_shard": replicate over all ranks, shard over one
+        mesh, reshard = init_device_mesh(device.type, (world, 1), mesh_dim_names=("replicate", "shard")), False
+    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if cuda
+              else MixedPrecisionPolicy())
+    units = model.fsdp_units() if hasattr(model, "fsdp_units") else []
+    for unit in units:
+        fully_shard(unit, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
+    # the root's parameters are needed first in backward: never resharded after forward
+    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
+    forward = torch.compile(model) if spec.compile else model
+    return forward, contextlib.nullcontext(), True
+
+
+def _gradient_sync(forward, sharded: bool, sync: bool):
+    """A context in which backward all-reduces (DDP) or reduces (FSDP) gradients only if ``sync``."""
+    if sync:
+        return contextlib.nullcontext()
+    if not sharded:
+        return forward.no_sync()
+    root = getattr(forward, "_orig_mod", forward)  # under torch.compile
+
+    @contextlib.contextmanager
+    def unsynced():
+        root.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            root.set_requires_gradient_sync(True)
+    return unsynced()
+
+
+def _value(tensor: torch.Tensor) -> float:
+    """A scalar that may be an FSDP DTensor (the total gradient norm)."""
+    return (tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor).item()
 
 
 @torch.no_grad()
@@ -328,15 +453,10 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
     n_params = sum(p.numel() for p in model.parameters())
     if n_params != spec.total_params:
         raise RuntimeError(f"the model has {n_params} parameters but the spec counts {spec.total_params}")
+    forward, autocast, sharded = parallelize(model, spec, device, world)
     optimizer = make_optimizer(spec, model, device)
-    start_step, elapsed_before = load_checkpoint(paths, spec, model, optimizer)
+    start_step, elapsed_before = load_checkpoint(paths, spec, model, optimizer, sharded)
     progress["step"] = start_step
-    forward = torch.compile(model) if spec.compile else model
-    if world > 1:
-        forward = torch.nn.parallel.DistributedDataParallel(
-            forward, device_ids=[device.index] if device.type == "cuda" else None)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else contextlib.nullcontext())
     B, A, T, total = plan.batch_size, plan.grad_accum, spec.seq_length, spec.optimizer_steps
     effective = B * A * world
     tokens_per_step = effective * T
@@ -355,13 +475,16 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
         csv_log = MetricsCSV(paths.metrics_csv, start_step)
         write_status(paths, spec, "running", start_step, resumed_from=start_step or None)
         print(f"{spec.run_name}: {n_params:,} parameters, {total} steps of {effective} x {T} tokens "
-              f"(batch {B} x accum {A} x {world} ranks) on {device}"
+              f"(batch {B} x accum {A} x {world} ranks"
+              + (f", {'DDP' if spec.fsdp == 'none' else 'FSDP2 ' + spec.fsdp}" if world > 1 else "")
+              + f") on {device}"
               + (f", resumed at step {start_step}" if start_step else ""), flush=True)
 
     params = list(model.parameters())
     interval_loss = torch.zeros((), device=device)
     loop_start = mark = time.perf_counter()
     logged_step, paused, data_wait = start_step, 0.0, 0.0  # since the previous row: paused = checkpoint writes
+    timed_from, compile_s = start_step, None  # the rates count steps after timed_from
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for step in range(start_step + 1, total + 1):
@@ -377,8 +500,7 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
             host_batch = data.train_batch(first, B)
             data_wait += time.perf_counter() - fetch
             batch = torch.from_numpy(host_batch).to(device, non_blocking=True)
-            sync = forward.no_sync() if world > 1 and micro < A - 1 else contextlib.nullcontext()
-            with sync:
+            with _gradient_sync(forward, sharded, world == 1 or micro == A - 1):
                 with autocast:
                     loss = forward(batch[:, :-1], batch[:, 1:]) / A
                 loss.backward()
@@ -391,6 +513,13 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
         optimizer.zero_grad(set_to_none=True)
         interval_loss += step_loss
         progress["step"] = step
+        if spec.compile and compile_s is None:  # the first step compiles: timed alone, left out of the rates
+            step_loss.item()  # waits for the step
+            now = time.perf_counter()
+            compile_s, timed_from, mark, data_wait = round(now - mark, 3), step, now, 0.0
+            if rank == 0:
+                print(f"{spec.run_name}: compiled; first step took {compile_s:.1f} s", flush=True)
+                write_status(paths, spec, "running", step, compile_s=compile_s)
 
         if log_now:
             loss_value = _all_reduce(step_loss, world).item() / world
@@ -399,11 +528,12 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
             now = time.perf_counter()
             tokens = step * tokens_per_step
             row = {"optimizer_step": step, "tokens_processed": tokens, "loss": loss_value,
-                   "learning_rate": lr, "grad_norm": grad_norm.item(),
+                   "learning_rate": lr, "grad_norm": _value(grad_norm),
                    "theoretical_flops_chinchilla": 6 * n_params * tokens,
-                   "elapsed_s": round(elapsed_before + now - loop_start, 3),
-                   **interval_metrics(step - logged_step, now - mark - paused, data_wait, tokens_per_step,
-                                      world, flops_per_token, peak_flops)}
+                   "elapsed_s": round(elapsed_before + now - loop_start, 3), "ranks": world}
+            if step > timed_from:  # not a row of the compiling step alone
+                row.update(interval_metrics(step - timed_from, now - mark - paused, data_wait, tokens_per_step,
+                                            world, flops_per_token, peak_flops))
             if evaluate_now and not diverged:
                 row["val_loss"] = evaluate(model, data, spec, B, device, autocast, rank, world)
             row.update(peak_memory(device))
@@ -411,9 +541,12 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
                 csv_log.append(row)
                 print(f"{spec.run_name} step {step}/{total} loss {loss_value:.4f}"
                       + (f" val {row['val_loss']:.4f}" if row.get("val_loss") is not None else "")
-                      + f" lr {lr:.3g} {row['tokens_per_s']:.0f} tok/s mfu {row['mfu']:.2%}", flush=True)
+                      + f" lr {lr:.3g}"
+                      + (f" {row['tokens_per_s']:.0f} tok/s mfu {row['mfu']:.2%}" if "mfu" in row else ""),
+                      flush=True)
                 if row.get("val_loss") is not None and step < total:
-                    write_status(paths, spec, "running", step, val_loss=row["val_loss"])
+                    write_status(paths, spec, "running", step, val_loss=row["val_loss"],
+                                 **({"compile_s": compile_s} if compile_s is not None else {}))
             if diverged:
                 if rank == 0:
                     csv_log.close()
@@ -422,6 +555,7 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
                                               f"(loss {loss_value} at step {step})")
                 return {"state": "diverged", "optimizer_step": step}
             logged_step, mark, paused, data_wait = step, time.perf_counter(), 0.0, 0.0
+            timed_from = step
 
         if on_step is not None:
             on_step(step, model)
@@ -433,8 +567,9 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
         if step < total and (signum is not None or step % spec.checkpoint_interval_steps == 0):
             pause_start = time.perf_counter()
             elapsed = elapsed_before + pause_start - loop_start
+            state = training_state(model, optimizer, sharded)  # with FSDP a collective
             if rank == 0:
-                checkpoint = save_checkpoint(paths, spec, step, model, optimizer, elapsed)
+                checkpoint = save_checkpoint(paths, spec, step, *state, elapsed)
                 if signum is None:
                     write_status(paths, spec, "running", step, checkpoint=checkpoint.name)
                 else:
@@ -451,12 +586,14 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
                 raise interrupt.RunInterrupted(step, signum)
 
     elapsed = elapsed_before + time.perf_counter() - loop_start
+    state = training_state(model, optimizer, sharded) if start_step < total else None
     if rank != 0:
         return {"state": "completed", "optimizer_step": total}
-    if start_step < total:
-        save_checkpoint(paths, spec, total, model, optimizer, elapsed)
+    if state is not None:
+        save_checkpoint(paths, spec, total, *state, elapsed)
     csv_log.close()
     last = csv_log.rows[-1]
     return write_status(paths, spec, "completed", total, val_loss=float(last["val_loss"]),
                         loss=float(last["loss"]), tokens_processed=int(last["tokens_processed"]),
-                        elapsed_s=float(last["elapsed_s"]))
+                        elapsed_s=float(last["elapsed_s"]),
+                        **({"compile_s": compile_s} if compile_s is not None else {}))

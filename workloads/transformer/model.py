@@ -150,6 +150,10 @@ class GPT(nn.Module):
             return logits
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """FSDP's units: one per block, so one block's parameters are gathered at a time."""
+        return list(self.blocks)
+
     def param_groups(self) -> list[dict]:
         """AdamW groups: ``lr_scale`` multiplies the scheduled rate; no decay on embeddings and norms."""
         spec, m = self.spec, self.width_mult
