@@ -109,3 +109,19 @@ def test_a_typo_in_a_cpu_throughput_key_is_named(isolated_environment):
     result = show("QUICKSTART")
     assert result.returncode == 2
     assert "unknown cpu_throughput key" in result.stderr and "did you mean 'overhead_us_per_token'" in result.stderr
+
+
+def test_gpu_estimates_count_the_attention_flops_the_trainer_counts_in_its_mfu():
+    from orchestrator.profiles import get_profile
+
+    result = show("LINGUA_SMALL", "--json", "--mfu", "0.4")
+    assert result.returncode == 0, result.stderr
+    rows = {r["label"]: r for r in json.loads(result.stdout)["experiments"]}
+    for spec in load_registry("LINGUA_SMALL"):
+        per_token = 6 * spec.total_params + 12 * spec.num_layers * spec.hidden_dim * spec.seq_length
+        assert spec.flops_per_token() == per_token  # rotary: no position embeddings to leave out
+        for name in ("sphinx", "miso"):
+            expected = spec.tokens * per_token / (spec.gpus * get_profile(name).peak_flops_per_gpu * 0.4)
+            assert rows[spec.label]["estimated_wall_s"][name] == pytest.approx(expected, rel=1e-9)
+        # at seq 2048 the attention term is a fifth of the work: C = 6ND alone would be that much short
+        assert per_token > 1.2 * 6 * spec.total_params

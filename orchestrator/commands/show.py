@@ -1,9 +1,11 @@
 """Show every experiment of a registry: its shape, budget, batch plan and estimated cost.
 
 Wall time is estimated on the partition each experiment runs on ("time"), and on sphinx
-(A100) and miso (H200) for comparison. On a GPU partition it is C / (GPUs x peak bf16
-FLOP/s x utilisation); the utilisation (model FLOPs utilisation, MFU) is an assumption, set
-with --mfu, and small models reach far less than large ones. On a partition whose profile
+(A100) and miso (H200) for comparison. On a GPU partition it is D x FLOPs per token /
+(GPUs x peak bf16 FLOP/s x utilisation), with the FLOPs per token of the MFU the trainer logs
+(``spec.flops_per_token()``: 6 N + 12 L d T for a transformer, whose attention term C = 6 N D
+leaves out and which matters at long sequences); the utilisation (model FLOPs utilisation,
+MFU) is an assumption, set with --mfu, and small models reach far less than large ones. On a partition whose profile
 carries a measured ``cpu_throughput`` (``local``) it comes from that measurement instead
 (``estimated_wall_s``), and a footnote says how it was measured. Under the table, the total
 for each partition; for a local one, divided among the runs the local backend trains at once.
@@ -49,11 +51,11 @@ def estimated_wall_s(spec, profile: Profile, mfu: float) -> float:
 
     A measured CPU (``cpu_throughput``): start-up, plus every training and validation token
     at the measured seconds per token, the tokens split over the run's processes (one
-    thread each). Otherwise C / (GPUs x peak x MFU).
+    thread each). Otherwise D x FLOPs per token / (GPUs x peak x MFU), the MFU the trainer logs.
     """
     cpu = profile.cpu_throughput
     if cpu is None:
-        return spec.flops / (spec.gpus * profile.peak_flops_per_gpu * mfu)
+        return spec.tokens * spec.flops_per_token() / (spec.gpus * profile.peak_flops_per_gpu * mfu)
     per_token = cpu.seconds_per_token(spec.flops_per_token())
     tokens = spec.tokens + cpu.eval_token_cost * eval_tokens(spec)
     return cpu.startup_s + tokens * per_token / spec.gpus
@@ -143,7 +145,7 @@ def print_table(args, rows: list[dict], profiles) -> None:
     total = sum(r["flops"] for r in rows)
     caption = (f"N: total (non-embedding) parameters; C = 6 N D; batch x accum from the memory planner on "
                f"the experiment's partition; time: on the experiment's partition; GPU times at {args.mfu:.0%} "
-               f"MFU of peak bf16 (A100 {profiles['sphinx'].peak_bf16_tflops:g}, "
+               f"MFU (6 N + 12 L d T FLOPs a token) of peak bf16 (A100 {profiles['sphinx'].peak_bf16_tflops:g}, "
                f"H200 {profiles['miso'].peak_bf16_tflops:g} TFLOP/s per GPU)")
     notes = [caption] + footnotes(rows, profiles, args.mfu)
     text = fmt.table_text(COLUMNS, [table_cells(r) for r in rows], right=set(COLUMNS) - set(LEFT_COLUMNS),
