@@ -84,7 +84,8 @@ def test_the_heartbeat_refreshes_and_stops_once_taken_over(paths):
         first = mine["refreshed"]
         time.sleep(1.2)
         assert json.loads(paths.claim_json.read_text())["refreshed"] > first
-        atomic_write_json(paths.claim_json, {**mine, "token": "someone else"})
+        with claim._locked(paths):  # as a real taker does: else the heartbeat may write over it
+            atomic_write_json(paths.claim_json, {**mine, "token": "someone else"})
         assert not claim.refresh(paths, mine)
     assert json.loads(paths.claim_json.read_text())["token"] == "someone else"  # not released: not ours
 

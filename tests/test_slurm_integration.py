@@ -192,8 +192,12 @@ def test_a_two_gpu_experiment_runs_two_tasks_in_one_gloo_group(study):
 def test_a_miso_experiment_lands_on_the_miso_node(study):
     submitted_job(study, "SLURM_MISO")
     rows = wait_for(study, "SLURM_MISO", all_in("completed"), timeout_s=120, what="the miso run")
-    shown = subprocess.run(["sacct", "-j", rows["on_miso"]["job_id"], "-X", "-P", "-n", "-o", "Partition,NodeList"],
-                           capture_output=True, text=True).stdout
+    for _ in range(20):  # slurmdbd may hold the finished job's record without its partition a moment
+        shown = subprocess.run(["sacct", "-j", rows["on_miso"]["job_id"], "-X", "-P", "-n", "-o",
+                                "Partition,NodeList"], capture_output=True, text=True).stdout
+        if shown.strip() == "miso|miso1":
+            break
+        time.sleep(0.5)
     assert shown.strip() == "miso|miso1"
 
 
