@@ -1,7 +1,8 @@
 """Lingua-style registries (issue 13): the lab's byte-level lingua runs, as specs.
 
-Parameter counts in the comments are lingua's (SwiGLU hidden rounded to 256, 258 byte
-tokens, untied output); ours are a little smaller (orchestrator/lingua.py says why):
+Parameter counts in the comments are lingua's (258 byte tokens, untied output). Ours use
+lingua's SwiGLU width (``multiple_of`` 256) and 256 byte tokens, so they are 4d smaller
+(27,533,824 for 27,535,872 at d=512; orchestrator/lingua.py says why):
 ``python -m orchestrator show LINGUA_SCALING`` prints them.
 """
 

@@ -77,16 +77,18 @@ def ping_controller(timeout_s: float = 10) -> None:
 
 def slurm_parameters(profile: Profile, resources: dict, parallel: int, name: str, max_requeues: int,
                      code_dir: Path | None = None) -> dict:
-    """submitit SlurmExecutor parameters for one array: one task per GPU on one node, held."""
+    """submitit SlurmExecutor parameters for one array on one node, held: one task per GPU, or
+    one task with all of them (``tasks_per_node`` 1, for a command that starts its own ranks)."""
     gpus = resources["gpus"]
+    tasks = resources.get("tasks_per_node", gpus)  # records written before the key existed: per GPU
     params = {
         "partition": profile.name,
         "job_name": name,
         "time": resources["time_min"],
         "mem": f"{resources['mem_gb']}GB",
-        "cpus_per_task": resources["cpus_per_gpu"],
+        "cpus_per_task": resources["cpus_per_gpu"] * gpus // tasks,
         "nodes": 1,
-        "ntasks_per_node": gpus,
+        "ntasks_per_node": tasks,
         "array_parallelism": parallel,
         "signal_delay_s": SIGNAL_DELAY_S,
         "additional_parameters": {"hold": True},  # released once the submission records the job ids
@@ -98,7 +100,7 @@ def slurm_parameters(profile: Profile, resources: dict, parallel: int, name: str
     if profile.gpu_request == "gres":
         params["gres"] = f"gpu:{gpus}"
     elif profile.gpu_request == "gpus_per_task":
-        params["gpus_per_task"] = 1
+        params["gpus_per_task"] = gpus // tasks
     return params
 
 

@@ -7,11 +7,15 @@ accounted for: it sets a spec field, or it is checked and listed as ignored (it 
 nothing we compute: logging, profiling, prefetching...), or it is an error (a typo, or a
 value we cannot honour: another tokenizer, tensor parallelism, grouped-query attention).
 
+The SwiGLU hidden size is lingua's (``lingua_ffn_hidden``: ``int(8d/3)``, times
+``ffn_dim_multiplier``, rounded up to ``multiple_of``; 1536 at d=512), set as the spec's
+``mlp_hidden_dim``, so the parameter count is lingua's but for the two rows below.
+
 What stays different from lingua's LMTransformer, whatever the config says:
 - vocabulary 256, not 258: lingua's bytes tokenizer adds BOS (256) and EOS (257) to every
   document; our byte data has no document markers (``data.add_bos``/``add_eos`` are listed).
-- the SwiGLU hidden size is 8d/3 rounded up to a multiple of 8 (1368 at d=512), not lingua's
-  ``int(8d/3)`` rounded up to ``multiple_of`` 256 (1536): the spec has no field for it.
+  That is 2d parameters fewer in the token embedding and 2d fewer again in the untied output
+  head (lingua's default): 27,533,824 here for lingua's 27,535,872 at d=512, 8 layers.
 - LayerNorm without bias, not RMSNorm (the same parameter count); untruncated normal init
   at 1/sqrt(fan_in) (``init_std=None``: lingua's dim^-0.5 and hidden^-0.5, except the
   token embedding, 1/sqrt(vocab) here).
@@ -31,6 +35,7 @@ BYTE_VOCAB = 256
 # lingua's ByteTokenizer: 256 bytes + BOS + EOS; -1 is "take it from the tokenizer"
 LINGUA_BYTE_VOCABS = (-1, 258, BYTE_VOCAB)
 LINGUA_ROPE_THETA = 10000.0  # our rotary base (workloads/transformer/model.py)
+LINGUA_MULTIPLE_OF = 256  # BaseTransformerArgs.multiple_of
 DEFAULT_FOLDER = "lingua"
 
 # lingua's dataclass defaults for the keys we read, used where the YAML leaves a key out
@@ -41,6 +46,7 @@ LINGUA_DEFAULTS: dict[str, Any] = {
     "optim.weight_decay": 0.1, "optim.beta1": 0.9, "optim.beta2": 0.95, "optim.epsilon": 1e-8,
     "optim.scheduler": "cosine", "optim.cosine_theta": 1.0, "optim.cycle_length": 1.0,
     "model.dim": 512, "model.n_layers": 8, "model.weight_tying": False,
+    "model.multiple_of": LINGUA_MULTIPLE_OF, "model.ffn_dim_multiplier": None,
     "model.init_base_std": None, "model.init_std_factor": "disabled",
     "model.rope_theta": LINGUA_ROPE_THETA, "model.vocab_size": -1,
     "data.batch_size": 2, "data.seq_len": 2048, "data.n_views": 2, "data.tokenizer.name": "bytes",
@@ -82,19 +88,41 @@ KNOWN_KEYS = frozenset({
 _SECTIONS = frozenset(path.rsplit(".", i)[0] for path in KNOWN_KEYS for i in (1, 2) if path.count(".") >= i)
 
 
+def lingua_ffn_hidden(dim: int, multiple_of: int = LINGUA_MULTIPLE_OF,
+                      ffn_dim_multiplier: float | None = None) -> int:
+    """SwiGLU hidden width of lingua's FeedForward (lingua/transformer.py), built from 4 * dim.
+
+    2/3 of 4d truncated, then scaled by ``ffn_dim_multiplier`` and truncated again, then rounded
+    *up* to ``multiple_of``: 1536 at d=512, where our default rule (``swiglu_hidden``) gives 1368.
+    """
+    if not (isinstance(multiple_of, int) and not isinstance(multiple_of, bool) and multiple_of > 0):
+        raise UsageError(f"multiple_of must be a positive integer, got {multiple_of!r}")
+    if ffn_dim_multiplier is not None and not (isinstance(ffn_dim_multiplier, (int, float))
+                                               and not isinstance(ffn_dim_multiplier, bool)
+                                               and math.isfinite(ffn_dim_multiplier) and ffn_dim_multiplier > 0):
+        raise UsageError(f"ffn_dim_multiplier must be a number > 0 or None, got {ffn_dim_multiplier!r}")
+    hidden = int(2 * (4 * dim) / 3)
+    if ffn_dim_multiplier is not None:
+        hidden = int(ffn_dim_multiplier * hidden)
+    # a multiplier small enough to truncate to 0 leaves 0: the spec refuses that width
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
 def lingua_experim(dim: int = 512, n_layers: int = 8, n_heads: int = 8, steps: int = 500,
                    batch_size: int = 8, seq_len: int = 2048, lr: float = 3e-4, warmup: int = 100,
                    lr_min_ratio: float = 0.1, clip: float = 1.0,
                    sources: Mapping[str, float] | None = None, *, data_root: str,
                    gpus: int = 1, partition: str = "sphinx", fsdp: str = "no_shard", compile: bool = False,
                    grad_acc_steps: int = 1, log_freq: int = 10, checkpoint_every: int = 5000,
-                   weight_tying: bool = False, label: str, folder_name: str | None = DEFAULT_FOLDER,
-                   **overrides) -> list[ExperimentSpec]:
+                   weight_tying: bool = False, multiple_of: int = LINGUA_MULTIPLE_OF,
+                   ffn_dim_multiplier: float | None = None, label: str,
+                   folder_name: str | None = DEFAULT_FOLDER, **overrides) -> list[ExperimentSpec]:
     """One lingua run as a one-element list of specs, in lingua's names and units.
 
     ``batch_size`` is per GPU, as in lingua, so a step trains ``batch_size x gpus x
     grad_acc_steps`` sequences; the token budget is exactly ``steps`` such steps.
     ``data_root`` holds one folder of ``*.jsonl`` shards per source (lingua's ``root_dir``).
+    ``multiple_of`` and ``ffn_dim_multiplier`` size the SwiGLU as lingua does (``lingua_ffn_hidden``).
     Any other spec field can be given in ``overrides`` (``seed=...``, ``weight_decay=...``).
     """
     for name, value in (("steps", steps), ("batch_size", batch_size), ("gpus", gpus),
@@ -105,6 +133,7 @@ def lingua_experim(dim: int = 512, n_layers: int = 8, n_heads: int = 8, steps: i
     fields = dict(
         hidden_dim=dim, num_layers=n_layers, num_heads=n_heads, seq_length=seq_len,
         vocab_size=BYTE_VOCAB, activation="swiglu", positional="rotary", tie_embeddings=weight_tying,
+        mlp_hidden_dim=lingua_ffn_hidden(dim, multiple_of, ffn_dim_multiplier),
         init_std=None, learning_rate=lr, lr_schedule="warmup_cosine", warmup_steps=warmup,
         lr_min_ratio=lr_min_ratio, grad_clip=clip, target_effective_batch_size=sequences,
         train_tokens=steps * sequences * seq_len, dataset=data_root,
@@ -147,8 +176,7 @@ def read_lingua_config(path, *, label: str | None = None, folder_name: str | Non
              "model.n_kv_heads", f"null or n_heads ({n_heads}): our attention has one key/value head per query head")
     _require(value, "head size", value.get("model.head_dim") in (None, dim // n_heads),
              "model.head_dim", f"null or dim / n_heads ({dim // n_heads})")
-    for key, what in (("model.ffn_dim_multiplier", "an MLP width multiplier"),
-                      ("model.sliding_window", "sliding-window attention"),
+    for key, what in (("model.sliding_window", "sliding-window attention"),
                       ("checkpoint.init_ckpt_path", "starting from a checkpoint")):
         _require(value, what, value.get(key) is None, key, "null")
     for key in ("intradoc_mask", "dynamic_mask"):
@@ -173,6 +201,7 @@ def read_lingua_config(path, *, label: str | None = None, folder_name: str | Non
     if not isinstance(sources, dict) or not sources:
         raise UsageError(f"{path}: data.sources must map source folders to weights, got {sources!r}")
     init_std = value.get("model.init_base_std")
+    ffn_dim_multiplier = value.get("model.ffn_dim_multiplier")
     kwargs = dict(
         dim=dim, n_layers=value.int("model.n_layers"), n_heads=n_heads, steps=value.int("steps"),
         batch_size=value.int("data.batch_size"), seq_len=value.int("data.seq_len"),
@@ -184,6 +213,9 @@ def read_lingua_config(path, *, label: str | None = None, folder_name: str | Non
         partition=partition, fsdp=value.str("distributed.fsdp_type"), compile=value.bool("distributed.compile"),
         grad_acc_steps=value.int("grad_acc_steps"), log_freq=value.int("logging.freq"),
         checkpoint_every=value.int("checkpoint.dump.every"), weight_tying=value.bool("model.weight_tying"),
+        multiple_of=value.int("model.multiple_of"),
+        ffn_dim_multiplier=None if ffn_dim_multiplier is None
+        else _number(path, "model.ffn_dim_multiplier", ffn_dim_multiplier),
         label=label if label is not None else value.str("name"), folder_name=folder_name,
         seed=value.int("seed"), weight_decay=value.float("optim.weight_decay"),
         adam_beta1=value.float("optim.beta1"), adam_beta2=value.float("optim.beta2"),

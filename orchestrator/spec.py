@@ -47,7 +47,7 @@ NON_SCIENTIFIC_FIELDS = frozenset({
 # Scientific fields added after version 1. While such a field is at its default it is left out
 # of the identity, so a spec that does not use it keeps the hash it had before the field existed
 # (and keeps its finished runs). A new field goes here, with a default that means "as before".
-ADDED_FIELDS = frozenset({"sources"})
+ADDED_FIELDS = frozenset({"sources", "mlp_hidden_dim"})
 
 WORKLOADS: dict[str, type[ExperimentSpec]] = {}
 
@@ -121,6 +121,16 @@ class ExperimentSpec:
 
     workload_name: ClassVar[str] = ""
     default_gpus: ClassVar[int] = 1
+    # fields of this class that say how it runs, not what it computes (never in the identity)
+    non_scientific_fields: ClassVar[frozenset] = NON_SCIENTIFIC_FIELDS
+    # fields of ExperimentSpec this workload does not have (a command has no learning rate):
+    # giving one is an unknown-field error, and they are not in its JSON
+    omitted_fields: ClassVar[frozenset] = frozenset()
+    # one process per GPU, started by the backend (srun's tasks, local ranks); False: one
+    # process per run that starts whatever it needs itself (a command running torchrun)
+    process_per_gpu: ClassVar[bool] = True
+    # the trainer runs torch in this process (the command workload's supervisor does not)
+    trains_in_process: ClassVar[bool] = True
     # "module:function" that trains one spec, given the path of its JSON
     trainer: ClassVar[str] = ""
 
@@ -163,19 +173,14 @@ class ExperimentSpec:
         def put(name, value):
             object.__setattr__(self, name, value)
 
-        _check_safe_name("label", self.label)
-        if self.folder_name is None:
-            put("folder_name", self.workload)
-        _check_safe_name("folder_name", self.folder_name)
-
+        self._resolve_names(put)
         for name in ("version", "hidden_dim", "seq_length", "vocab_size", "mup_base_width",
                      "target_effective_batch_size", "eval_batches", "log_interval_steps",
                      "checkpoint_interval_steps"):
             _check_positive(name, getattr(self, name))
         for name in ("learning_rate", "adam_eps"):
             _check_positive(name, getattr(self, name))
-        for name in ("num_layers", "train_tokens", "tokens_per_param", "eval_interval_steps",
-                     "gpus", "time_min", "mem_gb", "cpus_per_gpu", "grad_clip"):
+        for name in ("num_layers", "train_tokens", "tokens_per_param", "eval_interval_steps", "grad_clip"):
             if getattr(self, name) is not None:
                 _check_positive(name, getattr(self, name))
         if self.seed < 0:
@@ -210,18 +215,28 @@ class ExperimentSpec:
 
         self._resolve_resources(put)
 
+        if self.target_effective_batch_size % self.gpus:
+            raise UsageError(f"target_effective_batch_size {self.target_effective_batch_size} is not "
+                             f"divisible by gpus={self.gpus}")
+
+    def _resolve_names(self, put) -> None:
+        _check_safe_name("label", self.label)
+        if self.folder_name is None:
+            put("folder_name", self.workload)
+        _check_safe_name("folder_name", self.folder_name)
+
     def _resolve_resources(self, put) -> None:
         from orchestrator.profiles import get_profile
 
+        for name in ("gpus", "time_min", "mem_gb", "cpus_per_gpu"):
+            if getattr(self, name) is not None:
+                _check_positive(name, getattr(self, name))
         profile = get_profile(self.partition)
         if self.gpus is None:
             put("gpus", min(self.default_gpus, profile.max_gpus_per_job))
         if self.gpus > profile.max_gpus_per_job:
             raise UsageError(f"gpus={self.gpus} exceeds partition {profile.name!r}'s "
                              f"{profile.max_gpus_per_job} GPUs per job")
-        if self.target_effective_batch_size % self.gpus:
-            raise UsageError(f"target_effective_batch_size {self.target_effective_batch_size} is not "
-                             f"divisible by gpus={self.gpus}")
         if self.time_min is None:
             put("time_min", profile.default_time_min)
         if self.time_min > profile.max_time_min:
@@ -299,7 +314,7 @@ class ExperimentSpec:
 
     def scientific_fields(self) -> dict[str, Any]:
         rules = _field_rules(type(self))
-        return {k: v for k, v in self.to_dict().items() if k not in NON_SCIENTIFIC_FIELDS
+        return {k: v for k, v in self.to_dict().items() if k not in self.non_scientific_fields
                 and not (k in ADDED_FIELDS and v == rules[k][0])}
 
     @functools.cached_property
@@ -352,7 +367,7 @@ def _field_rules(cls) -> dict[str, tuple[Any, str]]:
     would walk it for every spec and again for every ``to_dict``.
     """
     return {f.name: (f.default, f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type)))
-            for f in dataclasses.fields(cls)}
+            for f in dataclasses.fields(cls) if f.name not in cls.omitted_fields}
 
 
 def _coerce(name: str, value: Any, type_str: str) -> Any:
@@ -384,6 +399,12 @@ def _coerce(name: str, value: Any, type_str: str) -> Any:
         if isinstance(value, dict) and all(isinstance(k, str) for k in value) and all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()):
             return Weights(sorted((k, float(v)) for k, v in value.items()))
+    elif base == "dict[str, str]":
+        if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            return Frozen(sorted(value.items()))
+    elif base == "dict":  # a JSON-like mapping (a config file): str keys, nested plain values
+        if isinstance(value, dict):
+            return _freeze(name, value)
     else:  # pragma: no cover - a new field type needs a rule here
         raise TypeError(f"no rule to check field {name!r} of type {type_str}")
     raise UsageError(f"experiment field {name!r} must be {type_str}, got {value!r}")
@@ -465,17 +486,45 @@ def source_shards(root: Path, names, first_only: bool = False) -> dict[str, list
     return shards
 
 
-class Weights(dict):
-    """A read-only ``{source: weight}``, sorted by name: a frozen spec may hold it, hash it and
-    write it as a JSON object."""
+class Frozen(dict):
+    """A read-only mapping: a frozen spec may hold it, hash it and write it as a JSON object."""
 
     def _read_only(self, *args, **kwargs):
-        raise TypeError("a spec's sources are read-only; use spec.replace(sources=...)")
+        raise TypeError("a spec's mappings are read-only; use spec.replace(...)")
 
     __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _read_only
 
     def __hash__(self):
-        return hash(tuple(self.items()))
+        return hash(json.dumps(self, sort_keys=True))
 
     def __reduce__(self):
-        return type(self), (dict(self),)
+        return type(self), (thaw(self),)
+
+
+class Weights(Frozen):
+    """A read-only ``{source: weight}``, sorted by name."""
+
+
+def _freeze(name: str, value, where: str = ""):
+    """A JSON-like value made read-only (mappings Frozen, lists tuples), or a UsageError naming
+    the first key whose value JSON cannot hold."""
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                raise UsageError(f"experiment field {name!r}: key {key!r}{where and ' under ' + where} is not a string")
+        return Frozen((key, _freeze(name, item, f"{where}.{key}" if where else key)) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(name, item, f"{where}[{i}]") for i, item in enumerate(value))
+    if value is None or isinstance(value, (str, bool, int)) or (isinstance(value, float) and math.isfinite(value)):
+        return value
+    raise UsageError(f"experiment field {name!r}: {where or 'the value'} is {value!r}; a config holds only "
+                     "mappings, lists, strings, numbers, booleans and null")
+
+
+def thaw(value):
+    """Plain dicts and lists again (for yaml.safe_dump, which refuses tuples and dict subclasses)."""
+    if isinstance(value, dict):
+        return {key: thaw(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [thaw(item) for item in value]
+    return value

@@ -85,7 +85,10 @@ class Plan:
 
 
 def resources(spec: ExperimentSpec) -> dict:
-    return {field: getattr(spec, field) for field in RESOURCE_FIELDS}
+    """What a job asks of the scheduler. ``tasks_per_node``: one task per GPU (the trainer's
+    ranks), or one task holding every GPU of the run (a command that starts its own ranks)."""
+    return {**{field: getattr(spec, field) for field in RESOURCE_FIELDS},
+            "tasks_per_node": spec.gpus if type(spec).process_per_gpu else 1}
 
 
 def check_options(limit: int | None, parallel: int | None, max_requeues: int) -> None:
@@ -154,13 +157,14 @@ def check_experiments(specs: list[ExperimentSpec], backend: str, nodes: bool = T
         if backend == "slurm" and profile.backend != "slurm":
             raise UsageError(f"{spec.run_name} is for partition {spec.partition!r}, which is not a Slurm "
                              "partition; use --backend local")
-        plan_batch(spec, profile)  # does not fit its GPU even at batch 1: UsageError naming the memory
+        if type(spec).trains_in_process:  # a command plans its own batches
+            plan_batch(spec, profile)  # does not fit its GPU even at batch 1: UsageError naming the memory
     if backend != "slurm":
         return
     first_of_group: dict[tuple, ExperimentSpec] = {}
     for spec in specs:
         first_of_group.setdefault(tuple(resources(spec).values()), spec)
-    for (partition, gpus, time_min, mem_gb, cpus_per_gpu), spec in first_of_group.items():
+    for (partition, gpus, time_min, mem_gb, cpus_per_gpu, _), spec in first_of_group.items():
         if time_min < MIN_SLURM_TIME_MIN:
             raise UsageError(f"{spec.run_name}: time_min={time_min} leaves no room for the checkpoint signal "
                              f"(Slurm sends it {SIGNAL_DELAY_S} s before the limit, up to 30 s early); the "

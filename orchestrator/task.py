@@ -103,13 +103,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start(spec_path: str, threads: int) -> list[subprocess.Popen]:
-    """The rank processes of one task, with torch.distributed's env:// variables when > 1."""
+def _start(spec_path: str, threads: int) -> tuple[list[subprocess.Popen], int]:
+    """The rank processes of one task, with torch.distributed's env:// variables when > 1 (one
+    process for a workload that starts its own ranks); and the CPU slots ("GPUs") it takes."""
     spec = load_spec(spec_path)
     paths = RunPaths(Path(spec_path).parent.parent, spec.label)
     paths.log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    world = spec.gpus if spec.gpus > 1 else 1
+    world = spec.gpus if spec.gpus > 1 and type(spec).process_per_gpu else 1
     port = str(_free_port())
     processes = []
     for rank in range(world):
@@ -121,7 +122,7 @@ def _start(spec_path: str, threads: int) -> list[subprocess.Popen]:
         processes.append(subprocess.Popen([sys.executable, "-m", "workloads.run", spec_path], env=rank_env,
                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         log.close()
-    return processes
+    return processes, spec.gpus
 
 
 def _mark(spec_path: str, state: str, error: str) -> None:
@@ -143,6 +144,7 @@ def run_local_array(spec_paths: list[str], parallel: int, max_requeues: int = DE
     """Run every task, at most ``parallel`` CPU-processes at once; returns exit codes by spec path."""
     waiting = list(spec_paths)
     running: dict[str, list[subprocess.Popen]] = {}
+    slots: dict[str, int] = {}
     requeues = {path: 0 for path in spec_paths}
     codes: dict[str, int] = {}
     stopping = []
@@ -152,11 +154,11 @@ def run_local_array(spec_paths: list[str], parallel: int, max_requeues: int = DE
     threads = max(1, available_cpus() // max(1, parallel))
     try:
         while (waiting or running) and not stopping:
-            busy = sum(len(p) for p in running.values())
+            busy = sum(slots[path] for path in running)
             while waiting and busy < parallel:
                 path = waiting.pop(0)
-                running[path] = _start(path, threads)
-                busy += len(running[path])
+                running[path], slots[path] = _start(path, threads)
+                busy += slots[path]
             time.sleep(0.2)
             for path, processes in list(running.items()):
                 if any(p.poll() is None for p in processes):

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from orchestrator.errors import UsageError
-from orchestrator.lingua import from_lingua_config, lingua_experim, read_lingua_config
+from orchestrator.lingua import from_lingua_config, lingua_experim, lingua_ffn_hidden, read_lingua_config
 from orchestrator.registry import load_registry
 
 FIXTURE = Path(__file__).parent / "fixtures" / "lingua_run.yaml"
@@ -56,6 +56,65 @@ def test_steps_are_optimizer_steps_and_the_batch_is_per_gpu(gpus, partition, gra
     assert spec.tokens == 500 * spec.tokens_per_step
 
 
+# ---------------------------------------------------------------- SwiGLU width
+@pytest.mark.parametrize("dim, multiple_of, multiplier, hidden", [
+    (512, 256, None, 1536),     # lingua's 27.5M config; our default rule gives 1368
+    (640, 256, None, 1792),
+    (768, 256, None, 2048),     # int(8d/3) is already a multiple of 256
+    (1024, 256, None, 2816),
+    (4096, 256, None, 11008),   # Llama 2 7B
+    (4096, 1024, 1.3, 14336),   # Llama 3 8B: int(1.3 * 10922), rounded up to 1024
+    (512, 64, 1.3, 1792),       # int(1.3 * 1365) = 1774, rounded up to 64
+])
+def test_the_swiglu_width_is_lingua_feedforward_rule(dim, multiple_of, multiplier, hidden):
+    assert lingua_ffn_hidden(dim, multiple_of, multiplier) == hidden
+
+
+def test_lingua_experim_builds_lingua_swiglu_width():
+    [spec] = lingua_experim(**FIXTURE_RUN)
+    assert spec.mlp_hidden_dim == spec.mlp_hidden == 1536
+    [narrow] = lingua_experim(**FIXTURE_RUN, multiple_of=8)
+    assert narrow.mlp_hidden == 1368
+    [wide] = lingua_experim(**FIXTURE_RUN, ffn_dim_multiplier=1.5)
+    assert wide.mlp_hidden == 2048  # int(1.5 * 1365) = 2047
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"multiple_of": 0}, "multiple_of must be a positive integer, got 0"),
+    ({"ffn_dim_multiplier": -1.0}, "ffn_dim_multiplier must be a number > 0 or None, got -1.0"),
+])
+def test_a_bad_swiglu_argument_is_an_error_naming_it(args, message):
+    with pytest.raises(UsageError, match=message):
+        lingua_experim(**FIXTURE_RUN, **args)
+
+
+def test_the_27m_config_has_lingua_parameter_count_but_for_bos_and_eos():
+    # lingua's LMTransformer at dim 512, 8 layers, its 258 byte tokens, untied output, RMSNorm
+    d, layers, hidden, vocab = 512, 8, 1536, 258
+    lingua = 2 * vocab * d + layers * (4 * d * d + 3 * d * hidden + 2 * d) + d
+    assert lingua == 27_535_872
+    [spec] = lingua_experim(**FIXTURE_RUN)
+    assert spec.total_params == lingua - 2 * 2 * d == 27_533_824
+    torch = pytest.importorskip("torch")
+    from workloads.transformer.model import GPT
+
+    with torch.device("meta"):
+        model = GPT(spec)
+    assert sum(p.numel() for p in model.parameters()) == spec.total_params
+
+
+def test_the_yaml_sets_the_swiglu_width(tmp_path):
+    [spec] = from_lingua_config(FIXTURE, quiet=True)
+    assert spec.mlp_hidden_dim == 1536
+    path = edited(tmp_path, lambda c: c["model"].update(multiple_of=64, ffn_dim_multiplier=1.3))
+    [spec] = from_lingua_config(path, quiet=True)
+    assert spec.mlp_hidden_dim == 1792
+    _, ignored = read_lingua_config(path)
+    assert not {"model.multiple_of", "model.ffn_dim_multiplier"} & set(ignored)
+    default = edited(tmp_path, lambda c: c["model"].pop("multiple_of"))
+    assert from_lingua_config(default, quiet=True)[0].mlp_hidden_dim == 1536
+
+
 def test_an_unknown_key_is_an_error_naming_its_path_with_a_suggestion(tmp_path):
     path = edited(tmp_path, lambda c: c["model"].update(n_layer=c["model"].pop("n_layers")))
     with pytest.raises(UsageError, match=r"unknown lingua key model\.n_layer \(did you mean model\.n_layers\?\)"):
@@ -64,10 +123,11 @@ def test_an_unknown_key_is_an_error_naming_its_path_with_a_suggestion(tmp_path):
 
 def test_keys_read_but_not_used_are_listed():
     _, ignored = read_lingua_config(FIXTURE)
-    assert {"dump_dir", "distributed.model_dtype", "distributed.tp_size", "model.rope_theta", "model.multiple_of",
+    assert {"dump_dir", "distributed.model_dtype", "distributed.tp_size", "model.rope_theta",
             "model.n_kv_heads", "data.load_async", "data.add_bos", "checkpoint.eval.every", "checkpoint.dump.keep",
             "profiling.run", "profiling.mem_steps", "eval"} <= set(ignored)
-    assert not {"model.dim", "optim.lr", "data.batch_size", "logging.freq", "checkpoint.dump.every"} & set(ignored)
+    assert not {"model.dim", "model.multiple_of", "optim.lr", "data.batch_size", "logging.freq",
+                "checkpoint.dump.every"} & set(ignored)
 
 
 def test_from_lingua_config_names_the_ignored_keys_on_stderr(capsys):

@@ -49,6 +49,9 @@ def test_unknown_key_names_the_key_the_closest_valid_one_and_the_full_list():
     ({"warmup_steps": 10**6}, "warmup_steps"),
     ({"positional": "alibi"}, "'alibi'"),
     ({"mup_lr_rule": "magic"}, "'magic'"),
+    ({"mlp_hidden_dim": 0}, "mlp_hidden_dim must be > 0"),
+    ({"mlp_hidden_dim": -8}, "-8"),
+    ({"mlp_hidden_dim": 96.5}, "96.5"),
 ])
 def test_invalid_values_are_rejected_with_the_bad_value_named(fields, bad):
     with pytest.raises(UsageError) as err:
@@ -108,6 +111,18 @@ def test_parameter_counts_by_hand():
     assert abs(swiglu.non_embedding_params / spec(hidden_dim=64).non_embedding_params - 1) < 0.05
 
 
+def test_a_given_mlp_width_replaces_the_rule_in_every_count():
+    gelu = spec(hidden_dim=64, num_layers=2, seq_length=128, mlp_hidden_dim=100)
+    assert gelu.mlp_hidden == 100 and spec(hidden_dim=64).mlp_hidden == 256
+    assert gelu.non_embedding_params == 2 * (2 * 64 + 4 * 64 * 64 + 2 * 64 * 100) + 64
+    swiglu = spec(hidden_dim=64, num_layers=2, seq_length=128, activation="swiglu", mlp_hidden_dim=100)
+    assert spec(hidden_dim=64, activation="swiglu").mlp_hidden == 176
+    assert swiglu.non_embedding_params == 2 * (2 * 64 + 4 * 64 * 64 + 3 * 64 * 100) + 64
+    default = spec(hidden_dim=64, num_layers=2, seq_length=128)
+    assert gelu.flops_per_token() - default.flops_per_token() == 6 * (gelu.total_params - default.total_params)
+    assert gelu.activation_bytes_per_sample(2) < default.activation_bytes_per_sample(2)
+
+
 def test_json_round_trip_keeps_the_spec_and_its_identity():
     for s in (spec(), spec(train_tokens=123_456, use_mup=True), make_spec("lstm", hidden_dim=32, label="l")):
         again = spec_from_dict(json.loads(json.dumps(s.to_dict())))
@@ -143,7 +158,7 @@ CHANGED_SCIENCE = {
     "adam_beta1": 0.8, "adam_beta2": 0.99, "adam_eps": 1e-6, "grad_clip": None, "target_effective_batch_size": 64,
     "train_tokens": 10**6, "tokens_per_param": 10, "seed": 1, "dataset": "kjv", "eval_interval_steps": 3,
     "eval_batches": 4, "log_interval_steps": 1, "num_heads": 8, "activation": "swiglu", "positional": "rotary",
-    "init_std": None, "mup_lr_rule": "sqrt", "sources": {"web": 1.0},
+    "init_std": None, "mup_lr_rule": "sqrt", "sources": {"web": 1.0}, "mlp_hidden_dim": 96,
 }
 CHANGED_RESOURCES = {
     "label": "other", "folder_name": "elsewhere", "partition": "miso", "gpus": 2, "time_min": 30,
@@ -248,6 +263,22 @@ def test_added_fields_count_only_once_set():
     assert mixed.scientific_fields()["sources"] == {"web": 1.0}
     assert mixed.identity != spec(dataset="/data/root").identity
     assert mixed.replace(sources=None).identity == spec(dataset="/data/root").identity
+
+
+def test_mlp_hidden_dim_counts_only_once_set():
+    assert "mlp_hidden_dim" in ADDED_FIELDS and "mlp_hidden_dim" not in spec().scientific_fields()
+    assert spec(mlp_hidden_dim=None).identity == spec().identity == "71e383ffd555"
+    wide = spec(mlp_hidden_dim=96)
+    assert wide.scientific_fields()["mlp_hidden_dim"] == 96
+    assert wide.identity != spec().identity
+    assert wide.replace(mlp_hidden_dim=None).identity == spec().identity
+
+
+def test_mlp_hidden_dim_survives_spec_json(tmp_path):
+    for s in (spec(mlp_hidden_dim=96), spec(activation="swiglu", mlp_hidden_dim=1536), spec()):
+        (tmp_path / "spec.json").write_text(json.dumps({"spec": s.to_dict()}))
+        again = load_spec(tmp_path / "spec.json")
+        assert again == s and again.identity == s.identity and again.mlp_hidden_dim == s.mlp_hidden_dim
 
 
 def test_sources_are_sorted_read_only_and_survive_spec_json(tmp_path):

@@ -38,6 +38,20 @@ def test_parameter_count_equals_the_spec(width, activation, positional, tie):
     assert all(not isinstance(m, nn.LayerNorm) or m.bias is None for m in model.modules())
 
 
+@pytest.mark.parametrize("activation", ["gelu", "relu", "swiglu"])
+@pytest.mark.parametrize("mlp_hidden_dim", [20, 100])
+def test_a_given_mlp_width_is_built_and_counted(activation, mlp_hidden_dim):
+    # the trainer refuses a model whose parameter count differs from spec.total_params
+    spec = spec_for(hidden_dim=48, activation=activation, mlp_hidden_dim=mlp_hidden_dim, tie_embeddings=False)
+    model = GPT(spec)
+    assert sum(p.numel() for p in model.parameters()) == spec.total_params
+    assert spec.total_params != spec_for(hidden_dim=48, activation=activation, tie_embeddings=False).total_params
+    mlp = model.blocks[0].mlp
+    assert mlp.fc.out_features == (2 if activation == "swiglu" else 1) * mlp_hidden_dim
+    assert mlp.proj.in_features == mlp_hidden_dim
+    assert model(torch.randint(0, 256, (2, 8))).shape == (2, 8, 256)
+
+
 def test_tied_head_shares_the_embedding_matrix():
     model = GPT(spec_for(tie_embeddings=True))
     assert model.lm_head.weight is model.wte.weight

@@ -45,6 +45,11 @@ def stop_requested() -> int | None:
     return _requested[0] if _requested else None
 
 
+def received() -> list[int]:
+    """Every signal number received since the last clear(), in order (0: ``request_stop()``)."""
+    return list(_requested)
+
+
 def clear() -> None:
     _requested.clear()
 

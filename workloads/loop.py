@@ -80,14 +80,11 @@ previous one, which avoids a device sync per step.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import io
 import math
 import os
 import random
 import resource
-import subprocess
 import time
 import traceback
 from pathlib import Path
@@ -99,18 +96,12 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_optimizer_state_dict)
 
 from orchestrator.errors import UsageError
-from orchestrator.paths import RunPaths, atomic_write_json, atomic_write_text, read_status
+from orchestrator.paths import RunPaths, atomic_write_json, read_status
 from orchestrator.planner import BatchPlan, estimate_memory, plan_batch
 from orchestrator.profiles import get_profile
-from orchestrator.spec import load_spec
 from workloads import interrupt
 from workloads.data import TokenData
-
-FINAL_STATES = ("completed", "diverged")  # a run in one of these is never trained again
-COLUMNS = ("optimizer_step", "tokens_processed", "loss", "val_loss", "learning_rate", "grad_norm",
-           "theoretical_flops_chinchilla", "tokens_per_s", "elapsed_s", "tokens_per_s_per_gpu", "mfu",
-           "step_time_s", "data_wait_s", "peak_mem_allocated_gb", "peak_mem_reserved_gb", "peak_rss_gb", "ranks")
-
+from workloads.runfiles import COLUMNS, FINAL_STATES, MetricsCSV, git_commit, spec_identity, write_status  # noqa: F401
 
 # --------------------------------------------------------------- optimisation
 def lr_at(spec, step: int) -> float:
@@ -184,61 +175,6 @@ def peak_memory(device) -> dict:
         row["peak_mem_reserved_gb"] = round(torch.cuda.max_memory_reserved(device) / 1e9, 3)
         torch.cuda.reset_peak_memory_stats(device)
     return row
-
-
-# ------------------------------------------------------------------ run files
-class MetricsCSV:
-    """Appended as rows are logged; rewritten atomically when reopened and when closed."""
-
-    def __init__(self, path: Path, keep_through_step: int):
-        self.path = path
-        self.rows: list[dict] = []
-        if keep_through_step > 0 and path.exists():
-            with open(path, newline="") as handle:
-                self.rows = [r for r in csv.DictReader(handle) if int(r["optimizer_step"]) <= keep_through_step]
-        self._rewrite()
-        self._file = open(path, "a", newline="")
-        self._writer = csv.DictWriter(self._file, COLUMNS, restval="", extrasaction="ignore")
-
-    def append(self, row: dict) -> None:
-        row = {key: "" if row.get(key) is None else row[key] for key in COLUMNS}
-        self.rows.append(row)
-        self._writer.writerow(row)
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
-        self._rewrite()
-
-    def _rewrite(self) -> None:
-        text = io.StringIO()
-        writer = csv.DictWriter(text, COLUMNS, restval="", extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(self.rows)
-        atomic_write_text(self.path, text.getvalue())
-
-
-def _spec_identity(path: Path) -> str | None:
-    try:
-        return load_spec(path).identity
-    except (OSError, ValueError):
-        return None
-
-
-def write_status(paths: RunPaths, spec, state: str, step: int, **extra) -> dict:
-    status = {"state": state, "identity": spec.identity, "run": spec.run_name, "optimizer_step": step,
-              "total_steps": spec.optimizer_steps, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
-    atomic_write_json(paths.status_json, status)
-    return status
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -465,7 +401,7 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
     csv_log = None
     if rank == 0:
         paths.run_dir.mkdir(parents=True, exist_ok=True)
-        if _spec_identity(paths.spec_json) != spec.identity:  # keep the submitter's copy if it is ours
+        if spec_identity(paths.spec_json) != spec.identity:  # keep the submitter's copy if it is ours
             atomic_write_json(paths.spec_json, {"spec": spec.to_dict()})
         atomic_write_json(paths.config_json, {
             "spec": spec.to_dict(), "identity": spec.identity, "derived": spec.derived(),

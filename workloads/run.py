@@ -41,16 +41,16 @@ def run(spec_path, *, handle_signals: bool = True, **options) -> dict:
     ``handle_signals`` routes SIGUSR2/SIGTERM to a graceful stop for the duration of the
     run (main thread only) and restores the previous handlers afterwards.
     """
-    import torch
-    import torch.distributed
-
     spec = load_spec(spec_path)
     trainer = trainer_of(spec)
-    if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(spec.cpus_per_gpu)
+    if type(spec).trains_in_process:
+        import torch
+
+        if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(spec.cpus_per_gpu)
     if options.get("root") is None:
         options["root"] = run_dir_root(spec, spec_path)
-    started_group = _init_distributed()
+    started_group = type(spec).trains_in_process and _init_distributed()
     signals = interrupt.handling_signals() if handle_signals else contextlib.nullcontext()
     try:
         with signals, _claimed(spec, options["root"], started_group) as held:
@@ -58,10 +58,14 @@ def run(spec_path, *, handle_signals: bool = True, **options) -> dict:
                 return {"state": "claimed elsewhere", "run": spec.run_name}
             status = trainer(spec_path, **options)
         if started_group:  # a clean teardown; after a failure the other ranks may never arrive
+            import torch.distributed
+
             torch.distributed.barrier()
         return status
     finally:
         if started_group:
+            import torch.distributed
+
             torch.distributed.destroy_process_group()
 
 
@@ -70,8 +74,8 @@ def _claimed(spec, root, distributed: bool):
     """Rank 0 claims the run directory before anything is written, and every rank learns
     whether it did. Yields None when another live attempt holds it: then nothing is
     touched and the reason goes to the log."""
-    import torch.distributed as dist
-
+    if distributed:
+        import torch.distributed as dist
     rank = dist.get_rank() if distributed else 0
     with contextlib.ExitStack() as stack:
         held = True

@@ -46,6 +46,9 @@ class TransformerSpec(ExperimentSpec):
     # muP learning-rate rule: "paper" (Tensor Programs V: lr * base/width for hidden
     # matrices) or "sqrt" (older studies: lr / sqrt(width/base) for every scaled group)
     mup_lr_rule: str = "paper"
+    # the MLP's hidden width; None is the rule (swiglu_hidden(d) for swiglu, else 4d). Left as
+    # None, not resolved: a spec that does not set it keeps its identity (spec.ADDED_FIELDS)
+    mlp_hidden_dim: int | None = None
 
     default_gpus = 1
     trainer = "workloads.transformer.train:main"
@@ -63,11 +66,16 @@ class TransformerSpec(ExperimentSpec):
             raise unknown("positional", self.positional, POSITIONS)
         if self.mup_lr_rule not in MUP_LR_RULES:
             raise unknown("mup_lr_rule", self.mup_lr_rule, MUP_LR_RULES)
+        if self.mlp_hidden_dim is not None and self.mlp_hidden_dim <= 0:
+            raise UsageError(f"mlp_hidden_dim must be > 0 (or None for the default width), got {self.mlp_hidden_dim!r}")
         if self.positional == "rotary" and (self.hidden_dim // self.num_heads) % 2:
             raise UsageError(f"rotary positions need an even head size, got {self.hidden_dim // self.num_heads}")
 
     @property
     def mlp_hidden(self) -> int:
+        """The MLP's hidden width as built: ``mlp_hidden_dim``, or the rule when it is None."""
+        if self.mlp_hidden_dim is not None:
+            return self.mlp_hidden_dim
         return swiglu_hidden(self.hidden_dim) if self.activation == "swiglu" else 4 * self.hidden_dim
 
     def param_counts(self) -> tuple[int, int]:

@@ -78,7 +78,8 @@ class MLP(nn.Module):
         super().__init__()
         d, h = spec.hidden_dim, spec.mlp_hidden
         self.activation = spec.activation
-        # swiglu: gate and value in one matrix; h = 8d/3 keeps 3dh close to the 8d^2 of a 4d MLP
+        # swiglu: gate and value in one matrix; the default h = 8d/3 keeps 3dh close to the 8d^2
+        # of a 4d MLP (spec.mlp_hidden_dim overrides it, as lingua's multiple_of rounding does)
         self.fc = nn.Linear(d, 2 * h if self.activation == "swiglu" else h, bias=False)
         self.proj = nn.Linear(h, d, bias=False)
 
