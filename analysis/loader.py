@@ -171,6 +171,9 @@ def _read_config(paths: RunPaths) -> dict:
     try:
         config = json.loads(paths.config_json.read_text())
         derived = config["derived"]
+        if derived.get("total_params", 0) is None:  # a command run whose spec gives no N
+            raise _Problem(paths.config_json, "no parameter count N: the command's spec gives no params "
+                                              "(command_experim(..., params=N) makes the run fittable)")
         for key in ("total_params", "non_embedding_params", "optimizer_steps"):
             float(derived[key])
         return config

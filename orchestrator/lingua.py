@@ -326,3 +326,66 @@ def _check_known(path: Path, key: str) -> None:
         if section else [k for k in candidates if "." not in k]
     raise UsageError(f"{path}: unknown lingua key {key}{hint}; known{f' in {section}' if section else ''}: "
                      f"{', '.join(siblings) or '(none)'}")
+
+
+# ------------------------------------------------------------ lingua itself, run as a command
+LINGUA_COMMAND = "torchrun --nproc_per_node={gpus} --standalone -m apps.main.train config={config_path}"
+LINGUA_TOKENIZER_VOCAB = 258  # lingua's bytes tokenizer: 256 bytes, BOS, EOS
+
+
+def lingua_param_count(dim: int, n_layers: int, n_heads: int, n_kv_heads: int | None = None,
+                       vocab_size: int = LINGUA_TOKENIZER_VOCAB, weight_tying: bool = False,
+                       multiple_of: int = LINGUA_MULTIPLE_OF, ffn_dim_multiplier: float | None = None) -> tuple[int, int]:
+    """(total, embedding) parameters of lingua's LMTransformer: token embedding (and an untied
+    output head), per layer wq and wo (d x d), wk and wv (d x kv_heads x head_dim), the SwiGLU's
+    three d x hidden matrices and two RMSNorm weights, and the final norm."""
+    head_dim = dim // n_heads
+    kv = (n_kv_heads or n_heads) * head_dim
+    hidden = lingua_ffn_hidden(dim, multiple_of, ffn_dim_multiplier)
+    layer = 2 * dim * dim + 2 * dim * kv + 3 * dim * hidden + 2 * dim
+    embedding = vocab_size * dim * (1 if weight_tying else 2)
+    return embedding + n_layers * layer + dim, embedding
+
+
+def lingua_command_experim(config, *, workdir: str, label: str, gpus: int = 1, partition: str = "sphinx",
+                           command: str = LINGUA_COMMAND, folder_name: str | None = "lingua_command",
+                           **fields) -> list[ExperimentSpec]:
+    """The lab's lingua fork itself, run as it is on its own YAML (the ``command`` workload).
+
+    ``config`` is a lingua YAML path or mapping; the run directory gets a copy with ``dump_dir``
+    (where lingua writes ``metrics.jsonl`` and its checkpoints) and ``name`` pointed at the run,
+    so status, retry and analyze see it like any run. Steps come from ``steps``, the tokens of a
+    step from ``data.batch_size x data.seq_len x gpus x grad_acc_steps``, and N from the model
+    section (``lingua_param_count``), for ``analyze``. Nothing else is read or checked: lingua
+    reads the rest. ``fields`` go to the spec (``env=``, ``time_min=``, ``mem_gb=``...).
+    """
+    import yaml
+
+    if isinstance(config, (str, Path)):
+        try:
+            loaded = yaml.safe_load(Path(config).expanduser().read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise UsageError(f"{config}: unreadable lingua config ({type(exc).__name__}: {exc})") from None
+    else:
+        loaded = config
+    if not isinstance(loaded, dict):
+        raise UsageError(f"a lingua config must be a mapping, got {type(loaded).__name__}")
+    try:
+        model, data = loaded["model"], loaded["data"]
+        steps = int(loaded["steps"])
+        tokens_per_step = (int(data["batch_size"]) * int(data["seq_len"]) * gpus
+                           * int(loaded.get("grad_acc_steps") or 1))
+        vocab = model.get("vocab_size")
+        total, embedding = lingua_param_count(
+            int(model["dim"]), int(model["n_layers"]), int(model["n_heads"]), model.get("n_kv_heads"),
+            LINGUA_TOKENIZER_VOCAB if vocab in (None, -1) else int(vocab), bool(model.get("weight_tying", False)),
+            int(model.get("multiple_of", LINGUA_MULTIPLE_OF)), model.get("ffn_dim_multiplier"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"lingua config needs steps, data.batch_size, data.seq_len and model.dim, n_layers, "
+                         f"n_heads as numbers ({type(exc).__name__}: {exc})") from None
+    run_config = {**loaded, "dump_dir": "{run_dir}", "name": label}
+    from workloads.command import command_experim
+
+    return command_experim(command, label=label, folder_name=folder_name, workdir=workdir, config=run_config,
+                           steps=steps, gpus=gpus, partition=partition, params=total, embedding_params=embedding,
+                           tokens_per_step=tokens_per_step, metrics_format="lingua", **fields)

@@ -17,6 +17,12 @@ from orchestrator.errors import UsageError, unknown
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "slurm_templates"
 BACKENDS = ("slurm", "local")
 GPU_REQUESTS = ("gres", "gpus_per_task", "none")
+# How a multi-GPU run of a built-in workload starts its ranks on Slurm. "srun": one task per GPU,
+# started and bound by Slurm (the default: each rank gets its GPU and CPUs from the scheduler, and
+# Slurm's signals reach every rank). "torchrun": one task holding all the run's GPUs, which runs
+# torchrun (for clusters whose per-task GPU binding hides the other ranks' GPUs from each rank, so
+# NCCL cannot use its peer-to-peer paths between them, or to launch exactly as lingua's users do).
+LAUNCHERS = ("srun", "torchrun")
 DEFAULT_MAX_REQUEUES = 3  # time-limit requeues of a run unless --max-requeues says otherwise
 
 
@@ -62,6 +68,7 @@ class Profile:
     max_time_min: int
     log_dir: str | None  # where scheduler logs go; None: under the results root
     cpu_throughput: CpuThroughput | None = None  # measured CPU speed (local partitions); optional
+    launcher: str = "srun"  # how a multi-GPU run starts its ranks (LAUNCHERS); optional
 
     @property
     def peak_flops_per_gpu(self) -> float:
@@ -69,7 +76,7 @@ class Profile:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(Profile) if f.name != "name")
-OPTIONAL_FIELDS = ("cpu_throughput",)
+OPTIONAL_FIELDS = ("cpu_throughput", "launcher")
 
 
 def _shipped_dir() -> Path:
@@ -93,6 +100,8 @@ def _build(name: str, data: dict, sources: list[Path]) -> Profile:
         raise unknown(f"backend in profile {name!r}:", data["backend"], BACKENDS)
     if data["gpu_request"] not in GPU_REQUESTS:
         raise unknown(f"gpu_request in profile {name!r}:", data["gpu_request"], GPU_REQUESTS)
+    if data.get("launcher", "srun") not in LAUNCHERS:
+        raise unknown(f"launcher in profile {name!r}:", data["launcher"], LAUNCHERS)
     for key in ("gpu_mem_gb", "peak_bf16_tflops", "max_gpus_per_job", "mem_gb", "cpus_per_gpu",
                 "default_time_min", "max_time_min"):
         value = data[key]

@@ -252,6 +252,9 @@ def _state(run: _Run, view: scheduler.View, running_jobs: set[str] | None) -> Ex
         entry.elapsed = _elapsed(holder if entry.state == "running" else None, status if on_disk else None)
     if entry.state in RETRYABLE_STATES | {"requeued"} and not entry.reason and on_disk:
         entry.reason = (status or {}).get("reason") or (status or {}).get("error") or ""
+    if entry.state == "running" and on_disk == "running" and (status or {}).get("reason") \
+            and entry.optimizer_step is None:  # a trainer's warning while it runs (a command without metrics)
+        entry.reason = status["reason"]
     if entry.state in RETRYABLE_STATES and not entry.reason and attempt and attempt.backend == "slurm" \
             and entry.job_id:
         entry.reason = log_tail(attempt.log_folder, entry.job_id)

@@ -86,9 +86,11 @@ class Plan:
 
 def resources(spec: ExperimentSpec) -> dict:
     """What a job asks of the scheduler. ``tasks_per_node``: one task per GPU (the trainer's
-    ranks), or one task holding every GPU of the run (a command that starts its own ranks)."""
+    ranks, started by srun), or one task holding every GPU of the run, which starts the ranks
+    itself (a command; torchrun where the partition's profile says ``launcher: torchrun``)."""
+    per_gpu = type(spec).process_per_gpu and get_profile(spec.partition).launcher == "srun"
     return {**{field: getattr(spec, field) for field in RESOURCE_FIELDS},
-            "tasks_per_node": spec.gpus if type(spec).process_per_gpu else 1}
+            "tasks_per_node": spec.gpus if per_gpu else 1}
 
 
 def check_options(limit: int | None, parallel: int | None, max_requeues: int) -> None:

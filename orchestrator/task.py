@@ -44,14 +44,17 @@ class TrainTask(submitit.helpers.Checkpointable):
 
     def __call__(self, spec_path: str) -> str:
         from workloads.interrupt import RunInterrupted
-        from workloads.run import run
+        from workloads.run import run, run_torchrun
 
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:  # one task per GPU: torch.distributed from SLURM's variables
             submitit.helpers.TorchDistributedEnvironment().export(overwrite=True)
+        spec = load_spec(spec_path)
+        # one task for a run of many GPUs whose workload wants a process per GPU: the profile's torchrun
+        torchrun = env.num_tasks == 1 and spec.gpus > 1 and type(spec).process_per_gpu
         submitit_handler = signal.getsignal(signal.SIGUSR2)
         try:
-            run(spec_path)
+            (run_torchrun if torchrun else run)(spec_path)
         except RunInterrupted as stop:
             if stop.signum == signal.SIGUSR2 and callable(submitit_handler):
                 self._requeue(submitit_handler, spec_path, stop.optimizer_step)

@@ -260,7 +260,7 @@ def test_a_stop_signal_is_forwarded_and_the_next_start_resumes_the_command(signu
     process.send_signal(signum)
     out, _ = process.communicate(timeout=60)
     assert process.returncode == EXIT_REQUEUE, out
-    assert f"forwarding {signum.name} to the command" in out
+    assert f"forwarded {signum.name} to the command" in out
     status = status_of(spec)
     assert status["state"] == "interrupted" and status["interrupted_by"] == signum.name
     stopped_at = status["optimizer_step"]
@@ -318,3 +318,82 @@ def test_a_node_that_dies_kills_the_command_and_the_next_start_replays_from_its_
     assert resumed_at < logged_before  # steps after the checkpoint were logged twice ...
     steps = [int(r["optimizer_step"]) for r in csv_rows(spec)]
     assert steps == sorted(set(steps)) and steps[-1] == 300  # ... and appear once
+
+
+def test_under_torchrun_the_ranks_get_the_signal_and_the_supervisor_waits_for_their_checkpoint():
+    """torchrun starts each rank in a session of its own and dies of SIGUSR2 (it has no handler):
+    the signal must reach the ranks themselves, and the run may end only when they have."""
+    spec = standin(label="torchrun", steps=300, step_s=0.03, gpus=2).replace(
+        command=f"{{python}} -m torch.distributed.run --standalone --nproc_per_node={{gpus}} {STANDIN} "
+                f"config={{config_path}}",
+        config={**standin().config, "checkpoint_s": 2.0})
+    paths = RunPaths.of(spec.folder_name, spec.label)
+    process = run_supervisor(spec, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while not (paths.metrics_csv.exists() and len(csv_rows(spec)) >= 3):
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()[0]
+        time.sleep(0.1)
+    process.send_signal(signal.SIGUSR2)
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == EXIT_REQUEUE, out
+    log = paths.log_dir.joinpath("command.log").read_text()
+    assert "rank 0 preempted by USR2" in log and "rank 1 preempted by USR2" in log  # after torchrun died
+    assert not subprocess.run(["pgrep", "-f", f"{STANDIN} config={paths.run_dir.resolve()}"]).returncode == 0
+    stopped_at = status_of(spec)["optimizer_step"]
+    checkpoint = json.loads(paths.run_dir.joinpath("checkpoint.json").read_text())["step"]
+    assert checkpoint >= stopped_at  # the checkpoint was written before the supervisor decided
+
+    process = run_supervisor(spec)
+    out, _ = process.communicate(timeout=180)
+    assert process.returncode == 0, out
+    steps = [int(r["optimizer_step"]) for r in csv_rows(spec)]
+    assert steps == sorted(set(steps)) and steps[-1] == 300
+    assert int(csv_rows(spec)[-1]["tokens_processed"]) == 300 * 4 * 64 * 2  # both ranks' tokens
+
+
+def test_status_says_so_while_a_command_runs_without_writing_metrics(tmp_path, monkeypatch):
+    monkeypatch.setenv("ORCHESTRATOR_NO_METRICS_WARN_S", "1")
+    study = tmp_path / "silent_study.py"
+    study.write_text(f"from workloads.command import command_experim\n"
+                     f"SILENT = command_experim('sleep 30', label='silent', steps=10, partition='local')\n")
+
+    def orchestrate(*args):
+        out = subprocess.run([sys.executable, "-m", "orchestrator", "--registry-module", str(study), *args],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    orchestrate("submit", "SILENT", "--backend", "local")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            row = json.loads(orchestrate("status", "SILENT", "--json"))["SILENT"][0]
+            if "no metrics in" in row["reason"]:
+                break
+            assert time.monotonic() < deadline, row
+            time.sleep(0.5)
+        assert row["state"] == "running" and "metrics.jsonl after 1 s" in row["reason"]
+    finally:
+        orchestrate("cancel", "SILENT", "-y")
+
+
+def test_the_labs_lingua_yaml_runs_as_a_command_with_lingua_s_n_and_tokens(tmp_path):
+    import yaml
+
+    from orchestrator.lingua import lingua_command_experim, lingua_param_count
+    from workloads.command.run import placeholder_values, write_config
+
+    spec = lingua_command_experim(REPO / "tests" / "fixtures" / "lingua_run.yaml", workdir=str(tmp_path),
+                                  label="bytes_27m", gpus=8, partition="miso")[0]
+    assert spec.command == "torchrun --nproc_per_node={gpus} --standalone -m apps.main.train config={config_path}"
+    assert (spec.params, spec.embedding_params) == (27_535_872, 2 * 258 * 512)  # lingua's own count, untied
+    assert (spec.steps, spec.tokens_per_step, spec.metrics_format) == (500, 8 * 2048 * 8, "lingua")
+    assert lingua_param_count(512, 8, 8, n_kv_heads=2) == (27_535_872 - 8 * 2 * 512 * (512 - 128), 2 * 258 * 512)
+    paths = RunPaths.of(spec.folder_name, spec.label)
+    values = placeholder_values(spec, paths, tmp_path)
+    write_config(spec, values["config_path"], values)
+    written = yaml.safe_load(values["config_path"].read_text())
+    assert written["dump_dir"] == str(paths.run_dir.resolve()) and written["name"] == "bytes_27m"
+    assert written["model"]["dim"] == 512 and written["data"]["sources"] == {"fineweb_edu_10bt_shuffled": 100.0}
+    with pytest.raises(UsageError, match="lingua config needs steps"):
+        lingua_command_experim({"model": {"dim": 512}}, workdir=str(tmp_path), label="x")

@@ -19,6 +19,9 @@ CASES = {
     # a code snapshot path with a space: the export line must quote it
     "sphinx_1gpu_array3_snapshot": ("sphinx", dict(gpus=1, time_min=30, mem_gb=16, cpus_per_gpu=4), 3, 3,
                                     Path("/shared/code snapshots/orch-GOLDEN-abc123")),
+    # one task holding all 8 GPUs: a command (lingua's torchrun), or launcher: torchrun
+    "miso_8gpu_one_task_array2": ("miso", dict(gpus=8, time_min=60, mem_gb=200, cpus_per_gpu=12, tasks_per_node=1),
+                                  2, 2, None),
 }
 
 
@@ -41,6 +44,27 @@ def test_gpu_requests_follow_the_partition_profile():
     assert "#SBATCH --gres=gpu:2" in sphinx and "#SBATCH --account=nlp" in sphinx
     assert "#SBATCH --gpus-per-task=1" in miso and "#SBATCH --ntasks-per-node=2" in miso
     assert "#SBATCH --signal=USR2@90" in miso
+
+
+def test_a_profile_with_launcher_torchrun_asks_for_one_task_holding_every_gpu(tmp_path, monkeypatch):
+    from orchestrator import profiles
+    from orchestrator.errors import UsageError
+    from orchestrator.submission import resources
+    from experiments import gen_experim
+
+    spec = gen_experim(64, label="x", partition="miso", gpus=8)[0]
+    assert resources(spec)["tasks_per_node"] == 8
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "miso.yaml").write_text("launcher: torchrun\n")
+    monkeypatch.setenv("ORCHESTRATOR_CONFIG_DIR", str(tmp_path))
+    assert resources(spec)["tasks_per_node"] == 1
+    script = sbatch_script(get_profile("miso"), resources(spec), 1, "x", 1, 3, folder="/LOGS")
+    assert "#SBATCH --ntasks-per-node=1" in script and "#SBATCH --gpus-per-task=8" in script
+    assert "#SBATCH --cpus-per-task=96" in script
+    (tmp_path / "profiles" / "miso.yaml").write_text("launcher: mpirun\n")
+    profiles._load_all.cache_clear()
+    with pytest.raises(UsageError, match="unknown launcher in profile 'miso': 'mpirun'.*known: srun, torchrun"):
+        get_profile("miso")
 
 
 def test_arrays_are_submitted_held_for_the_submitter_to_release():

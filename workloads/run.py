@@ -9,6 +9,10 @@ Exit statuses of the script: 0 completed or diverged (status.json says which), 2
 error (bad spec, unknown dataset), 75 interrupted by SIGUSR2/SIGTERM after a checkpoint
 (requeue it: the next start resumes), 1 anything else (status.json holds the error).
 
+``run_torchrun(spec_path)`` starts the ranks of a multi-GPU spec with torchrun instead (one Slurm
+task holding all the GPUs: a profile's ``launcher: torchrun``) and supervises them like a command
+(``workloads.supervise``): stop signals go to every rank, and the run ends when they all have.
+
 Under torchrun (``WORLD_SIZE`` > 1) the process group is initialised here (NCCL on GPUs,
 gloo on CPUs) unless the caller already did. On a CPU, torch uses ``cpus_per_gpu`` threads
 unless ``OMP_NUM_THREADS`` says otherwise.
@@ -21,13 +25,14 @@ import contextlib
 import importlib
 import os
 import sys
+import time
 from pathlib import Path
 
 from orchestrator import claim
 from orchestrator.errors import UsageError
-from orchestrator.paths import RunPaths
+from orchestrator.paths import RunPaths, read_status
 from orchestrator.spec import load_spec
-from workloads import interrupt
+from workloads import interrupt, supervise
 
 
 def trainer_of(spec):
@@ -67,6 +72,35 @@ def run(spec_path, *, handle_signals: bool = True, **options) -> dict:
             import torch.distributed
 
             torch.distributed.destroy_process_group()
+
+
+def run_torchrun(spec_path, *, root=None) -> dict:
+    """Train a multi-GPU spec with torchrun starting one rank per GPU in this task; the final
+    status, or ``RunInterrupted`` when a stop signal made the ranks checkpoint and stop."""
+    spec = load_spec(spec_path)
+    paths = RunPaths.of(spec.folder_name, spec.label, root or run_dir_root(spec, spec_path))
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={spec.gpus}",
+            "-m", "workloads.run", str(spec_path)]
+    if root is not None:
+        argv += ["--results-dir", str(root)]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(spec.cpus_per_gpu))}
+    forwarded: list[int] = []
+    with interrupt.handling_signals():
+        process = supervise.start(argv, env=env)
+        print(f"{spec.run_name}: torchrun started {spec.gpus} ranks (pid {process.pid})", flush=True)
+        while process.poll() is None:
+            supervise.forward(forwarded)
+            time.sleep(0.5)
+        supervise.wait_for_descendants(forwarded)  # ranks still writing their checkpoint
+    status = read_status(paths) or {}
+    if forwarded and status.get("state") == "interrupted":
+        raise interrupt.RunInterrupted(int(status.get("optimizer_step") or 0), forwarded[0])
+    if process.returncode == 0:
+        return status
+    how = (f"killed by {interrupt.signal_name(-process.returncode)}" if process.returncode < 0
+           else f"exit status {process.returncode}")
+    raise RuntimeError(f"{spec.run_name}: torchrun ended with {how}; status.json says "
+                       f"{status.get('state', 'nothing')}{': ' + status['error'] if status.get('error') else ''}")
 
 
 @contextlib.contextmanager

@@ -123,7 +123,8 @@ def run(args) -> int:
         raise UsageError(
             f"no usable runs in {described}: {len(study.excluded)} excluded "
             f"({', '.join(f'{n} {s}' for s, n in states.items()) or 'none'}), "
-            f"{_with_problems(len(study.problems))} (--include-incomplete uses unfinished runs)")
+            f"{_with_problems(len(study.problems))} (--include-incomplete uses unfinished runs)"
+            + "".join(f"; {row.path}: {row.problem}" for row in study.problems.head(3).itertuples()))
     analysis = analyze(study, budgets=budgets or None, bootstrap=args.bootstrap, seed=args.seed,
                        params=args.params)
     files = analysis.write(Path(args.out) if args.out else out_dir)

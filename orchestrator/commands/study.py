@@ -51,7 +51,7 @@ class ProgressView:
     def __init__(self, registry: str, statuses, started: float):
         from orchestrator.status import summarize
 
-        self.planned = sum(s.spec.tokens for s in statuses)
+        self.planned = sum(map(_planned_tokens, statuses))
         self.done = _tokens_done(statuses)
         counts = summarize(statuses)
         self.header = (f"[bold]{registry}[/]: {counts.get('completed', 0)}/{len(statuses)} runs done, "
@@ -109,7 +109,7 @@ def progress_line(registry: str, statuses, started: float, tokens_at_start: int)
     """One plain line for a pipe or a log: runs, tokens, throughput since the start, ETA."""
     from orchestrator.status import summarize
 
-    planned = sum(s.spec.tokens for s in statuses)
+    planned = sum(map(_planned_tokens, statuses))
     done = _tokens_done(statuses)
     counts = summarize(statuses)
     elapsed = time.monotonic() - started
@@ -121,8 +121,13 @@ def progress_line(registry: str, statuses, started: float, tokens_at_start: int)
             f"{fmt.count(rate)} tokens/s, ETA {eta} | {fmt.duration(elapsed)}")
 
 
+def _planned_tokens(status) -> int:
+    """The run's token budget; a command that did not give one counts what it has done."""
+    return status.spec.tokens if status.spec.tokens is not None else (status.tokens_processed or 0)
+
+
 def _tokens_done(statuses) -> int:
-    return sum(s.spec.tokens if s.state == "completed" else (s.tokens_processed or 0) for s in statuses)
+    return sum(_planned_tokens(s) if s.state == "completed" else (s.tokens_processed or 0) for s in statuses)
 
 
 def final_table(statuses):

@@ -11,18 +11,19 @@ how it ended in status.json:
   (``EX_TEMPFAIL``) without a signal also means "run me again".
 - Exit 0 at the planned step: ``completed``. Exit 0 before it, or with no metrics at all: ``failed``,
   saying so. Any other exit: ``failed`` with the last lines of the command's output.
-- A command that has written no metrics after ``NO_METRICS_WARN_S`` is flagged in status.json
-  (``reason``) while it runs, so ``status`` says so instead of showing an empty progress.
+- A command that has written no metrics after ``NO_METRICS_WARN_S`` (600 s, or
+  ``$ORCHESTRATOR_NO_METRICS_WARN_S``) is flagged in status.json (``reason``) while it runs, so
+  ``status`` says so instead of showing an empty progress.
 
 The command's output goes to ``<run dir>/logs/command.log`` (appended, one header line per start).
-If the supervisor itself is killed (SIGKILL), the kernel kills the command's first process
-(``PR_SET_PDEATHSIG``); on Slurm the job's cgroup takes the rest.
+Signals go to the command's whole process tree and the supervisor waits for all of it
+(``workloads.supervise``): torchrun's workers live in sessions of their own, and torchrun dies of
+a SIGUSR2 while its workers are still writing their checkpoint.
 """
 
 from __future__ import annotations
 
 import collections
-import ctypes
 import datetime
 import json
 import os
@@ -38,14 +39,14 @@ from orchestrator.errors import UsageError
 from orchestrator.paths import RunPaths, atomic_write_json, atomic_write_text, read_status
 from orchestrator.profiles import get_profile
 from orchestrator.spec import load_spec, thaw
-from workloads import interrupt
+from workloads import interrupt, supervise
 from workloads.command import code_commit, fill
 from workloads.command.metrics import MetricsTail
 from workloads.runfiles import FINAL_STATES, MetricsCSV, git_commit, spec_identity, write_status
 
 EXIT_REQUEUE = interrupt.EXIT_REQUEUE
 POLL_S = 2.0
-NO_METRICS_WARN_S = 600
+NO_METRICS_WARN_S = float(os.environ.get("ORCHESTRATOR_NO_METRICS_WARN_S", 600))
 OUTPUT_TAIL_LINES = 20
 CONFIG_NAMES = {"yaml": "config.yaml", "json": "config.json"}
 
@@ -86,14 +87,6 @@ def write_config(spec, path: Path, values: dict) -> None:
 
         text = yaml.safe_dump(config, sort_keys=False)
     atomic_write_text(path, text)
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the supervisor dies (Linux; elsewhere nothing)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def train(spec_path, *, root=None, poll_s: float = POLL_S, **unused) -> dict:
@@ -161,51 +154,40 @@ def _supervise(spec, paths: RunPaths, status: dict, poll_s: float, step: dict) -
         log.write(f"=== {datetime.datetime.now().isoformat(timespec='seconds')} attempt "
                   f"{claim.attempt_id()} on {os.uname().nodename}: {command}\n".encode())
         log.flush()
-        process = subprocess.Popen(["bash", "-c", command], cwd=workdir, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+        process = supervise.start(["bash", "-c", command], cwd=workdir, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT)
     print(f"{spec.run_name}: started the command (pid {process.pid}) in {workdir}; output in {log_path}", flush=True)
     forwarded: list[int] = []
     warned = first > 0
     try:
         while True:
             code = process.poll()
-            _forward(process, forwarded)
+            for signum in supervise.forward(forwarded):
+                print(f"forwarded {signal.Signals(signum).name} to the command's processes", flush=True)
             got = _take(tail, csv_log, elapsed_before + time.monotonic() - start, step)
             if got and not warned:
                 warned = True
             elif not warned and time.monotonic() - start > NO_METRICS_WARN_S:
                 warned = True
                 write_status(paths, spec, "running", 0, reason=f"no metrics in {metrics_path} after "
-                             f"{NO_METRICS_WARN_S} s (metrics_format {spec.metrics_format}); see {log_path}")
+                             f"{NO_METRICS_WARN_S:g} s (metrics_format {spec.metrics_format}); see {log_path}")
             if code is not None:
                 break
             time.sleep(poll_s)
+        left = supervise.wait_for_descendants(forwarded)  # ranks still writing a checkpoint
+        if left:
+            print(f"{spec.run_name}: stopped processes the command left running: {', '.join(left)}", flush=True)
+        _take(tail, csv_log, elapsed_before + time.monotonic() - start, step)
     finally:
         if process.poll() is None:  # the supervisor is failing: do not leave the command behind
-            os.killpg(process.pid, signal.SIGTERM)
+            supervise.signal_tree(signal.SIGTERM)
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+                supervise.signal_tree(signal.SIGKILL)
         csv_log.close()
-    _forward(process, forwarded)  # a signal that came as the command ended
     elapsed = round(elapsed_before + time.monotonic() - start, 3)
     return _outcome(spec, paths, code, forwarded, csv_log.rows, metrics_path, log_path, elapsed)
-
-
-def _forward(process, forwarded: list[int]) -> None:
-    """Send the command's process group every stop signal received since the last call."""
-    received = interrupt.received()
-    for signum in received[len(forwarded):]:
-        signum = signum or signal.SIGTERM  # request_stop() without a signal: ask politely
-        forwarded.append(signum)
-        if process.poll() is None:
-            print(f"forwarding {signal.Signals(signum).name} to the command (process group {process.pid})",
-                  flush=True)
-            try:
-                os.killpg(process.pid, signum)
-            except ProcessLookupError:
-                pass
 
 
 def _take(tail: MetricsTail, csv_log: MetricsCSV, elapsed_s: float, step: dict) -> int:
