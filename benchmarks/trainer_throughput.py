@@ -54,6 +54,9 @@ from workloads.transformer.model import GPT
 
 MODELS = {"transformer": GPT, "lstm": LSTMLM}
 
+# the model of a preset beyond its shape: lingua's (SwiGLU at its width, rotary, untied head; 27.5M)
+PRESET_MODEL = {"lingua27m": dict(activation="swiglu", positional="rotary", tie_embeddings=False,
+                                  mlp_hidden_dim=1536)}
 PRESETS = {
     "lingua27m": dict(width=512, layers=8, heads=8, seq=2048, batch=8, partition="miso"),
 }
@@ -196,10 +199,13 @@ def main() -> None:
     if preset:
         parser.set_defaults(**PRESETS[preset])
     args = parser.parse_args()
+    if args.steps <= WARMUP_STEPS:
+        parser.error(f"--steps must be more than the {WARMUP_STEPS} warm-up steps, got {args.steps}")
 
     torch.set_num_threads(args.threads)
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     shape = {"num_heads": args.heads} if args.heads and args.workload == "transformer" else {}
+    shape.update(PRESET_MODEL.get(preset, {}) if args.workload == "transformer" else {})
     spec = make_spec(args.workload, hidden_dim=args.width, num_layers=args.layers, seq_length=args.seq, **shape,
                      label="throughput", folder_name="benchmark", partition=args.partition, gpus=1,
                      target_effective_batch_size=args.batch, train_tokens=args.steps * args.batch * args.seq,
