@@ -276,6 +276,11 @@ class ExperimentSpec:
         return 6.0 * self.total_params
 
     @property
+    def tokens_per_sample(self) -> float:
+        """D units in one sample (a window's predicted tokens; a speech workload's mean frames)."""
+        return self.seq_length
+
+    @property
     def tokens_per_step(self) -> int:
         return self.target_effective_batch_size * self.seq_length
 

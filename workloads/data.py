@@ -221,7 +221,24 @@ def _stream_jsonl(shards: list[Path], chunk_chars: int = SOURCE_CHUNK_CHARS):
 
 
 # ------------------------------------------------------------------ split, batches
-class TokenData:
+class TokenBatches:
+    """What the training loop asks of a batch (``workloads.loop``): a batch of text is an array of
+    windows of ``seq_length + 1`` tokens; the model reads the first ``seq_length`` and predicts
+    the last ``seq_length``, and each predicted token counts once in D."""
+
+    @staticmethod
+    def inputs(batch: np.ndarray, device) -> tuple:
+        import torch
+
+        batch = torch.from_numpy(batch).to(device, non_blocking=True)
+        return batch[:, :-1], batch[:, 1:]
+
+    @staticmethod
+    def units(batch: np.ndarray) -> int:
+        return batch.shape[0] * (batch.shape[1] - 1)
+
+
+class TokenData(TokenBatches):
     """Train/validation windows of ``seq_length + 1`` tokens, addressed reproducibly."""
 
     def __init__(self, tokens: np.ndarray, seq_length: int, seed: int, stream: tuple[int, ...] = ()):

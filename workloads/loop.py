@@ -1,14 +1,26 @@
 """The training loop every workload shares: data, forward, backward, step, log, and nothing else.
 
-A workload hands ``train`` a spec and a function building its model. The model is an
-``nn.Module`` whose ``forward(idx, targets)`` returns the mean cross-entropy and whose
-``param_groups()`` returns AdamW groups (``params``, ``weight_decay``, ``lr_scale``); an optional
-``fsdp_units()`` lists the submodules FSDP shards one by one (without it, the root alone).
+A workload hands ``train`` a spec, a function building its model and (unless it is text) a
+function loading its data. The contract, the same for text and speech:
 
-Accounting. One optimizer step takes ``batch_size * grad_accum`` sequences on each of
+- data: ``train_batch(first_sample, count)`` (samples ``first..first+count-1`` of the training
+  stream; sample i depends only on the seed and i), ``val_batches(num, batch_size, rank, world)``
+  (a fixed validation set, this rank's share), ``inputs(batch, device)`` (the tensors the model
+  is called with) and ``units(batch)`` (what the batch adds to D: predicted tokens for text,
+  10 ms input frames for speech); ``len(batch)`` samples.
+- model: an ``nn.Module`` whose ``forward(*inputs)`` returns the batch's mean loss (cross-entropy,
+  CTC) and whose ``param_groups()`` returns AdamW groups (``params``, ``weight_decay``,
+  ``lr_scale``); an optional ``fsdp_units()`` lists the submodules FSDP shards one by one (without
+  it, the root alone); an optional ``eval_counts(*inputs)`` returns ``{column: (errors, total)}``
+  summed over the validation set and the ranks into the ratio columns (``val_cer``, ``val_wer``).
+- spec: ``loss_name`` (e.g. ``"ctc_loss"``) repeats ``loss`` and ``val_loss`` under that name,
+  and ``eval_columns`` names the ratio columns; both are appended to ``COLUMNS``.
+
+Accounting. One optimizer step takes ``batch_size * grad_accum`` samples on each of
 ``world_size`` ranks; sample ``i`` of the training stream is used by step
-``i // effective_batch``, whatever the split into micro-batches and ranks. So
-``tokens_processed = step * batch_size * grad_accum * world_size * seq_length`` and
+``i // effective_batch``, whatever the split into micro-batches and ranks. ``tokens_processed``
+is D: the ``units`` of every batch so far, all ranks (text: ``step * batch_size * grad_accum *
+world_size * seq_length``; speech: the input frames), kept in checkpoints, and
 ``theoretical_flops_chinchilla = 6 * total_params * tokens_processed``, on every row.
 
 Metrics CSV (``COLUMNS``; new columns are only ever appended, readers go by name). One row at
@@ -152,15 +164,16 @@ def resolve_batch(spec, world_size: int = 1, batch_size: int | None = None,
 
 
 # ---------------------------------------------------------------- throughput
-def interval_metrics(steps: int, seconds: float, data_wait_s: float, tokens_per_step: int, world: int,
+def interval_metrics(steps: int, seconds: float, data_wait_s: float, units: float, world: int,
                      flops_per_token: float, peak_flops_per_gpu: float) -> dict:
-    """The rate columns of one CSV row from ``steps`` optimizer steps that took ``seconds``.
+    """The rate columns of one CSV row from ``steps`` optimizer steps that took ``seconds`` and
+    trained ``units`` tokens (frames) on all ranks.
 
     MFU is computed from the rounded ``tokens_per_s`` that the row shows, so the CSV is
     consistent with itself.
     """
     step_time = seconds / steps
-    rate = round(tokens_per_step / step_time, 1)
+    rate = round(units / seconds, 1)
     return {"tokens_per_s": rate, "tokens_per_s_per_gpu": round(rate / world, 1),
             "mfu": float(f"{rate * flops_per_token / (world * peak_flops_per_gpu):.6g}"),
             "step_time_s": round(step_time, 6), "data_wait_s": round(data_wait_s / steps, 6), "ranks": world}
@@ -213,9 +226,9 @@ def training_state(model, optimizer, sharded: bool) -> tuple[dict, dict]:
 
 
 def save_checkpoint(paths: RunPaths, spec, step: int, model_state: dict, optimizer_state: dict,
-                    elapsed_s: float) -> Path:
+                    elapsed_s: float, units: int) -> Path:
     state = {
-        "identity": spec.identity, "optimizer_step": step, "elapsed_s": elapsed_s,
+        "identity": spec.identity, "optimizer_step": step, "elapsed_s": elapsed_s, "units_processed": units,
         "model": model_state, "optimizer": optimizer_state,
         "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
@@ -234,14 +247,15 @@ def save_checkpoint(paths: RunPaths, spec, step: int, model_state: dict, optimiz
     return path
 
 
-def load_checkpoint(paths: RunPaths, spec, model, optimizer, sharded: bool = False) -> tuple[int, float]:
-    """Restore the latest checkpoint; (optimizer step, elapsed seconds), (0, 0.0) if none.
+def load_checkpoint(paths: RunPaths, spec, model, optimizer, sharded: bool = False) -> tuple[int, float, int | None]:
+    """Restore the latest checkpoint; (optimizer step, elapsed seconds, units of D so far; None in
+    a checkpoint from before D was counted), (0, 0.0, 0) if none.
 
     Every rank reads the file; with ``sharded`` (FSDP) each keeps its shard of it.
     """
     path = latest_checkpoint(paths)
     if path is None:
-        return 0, 0.0
+        return 0, 0.0, 0
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state["identity"] != spec.identity:
         raise UsageError(f"{path} belongs to experiment {state['identity']}, not {spec.identity} "
@@ -262,7 +276,7 @@ def load_checkpoint(paths: RunPaths, spec, model, optimizer, sharded: bool = Fal
     random.setstate(state["rng"]["python"])
     if state["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return state["optimizer_step"], state["elapsed_s"]
+    return state["optimizer_step"], state["elapsed_s"], state.get("units_processed")
 
 
 # ----------------------------------------------------------------- the loop
@@ -328,30 +342,46 @@ def _gradient_sync(forward, sharded: bool, sync: bool):
     return unsynced()
 
 
+def _sum_units(units: int, device, world: int) -> int:
+    """This rank's D units summed over the ranks (a collective when there are several)."""
+    if world == 1:
+        return units
+    return round(_all_reduce(torch.tensor([float(units)], device=device, dtype=torch.float64), world).item())
+
+
 def _value(tensor: torch.Tensor) -> float:
     """A scalar that may be an FSDP DTensor (the total gradient norm)."""
     return (tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor).item()
 
 
 @torch.no_grad()
-def evaluate(model, data: TokenData, spec, batch_size: int, device, autocast, rank=0, world=1) -> float:
-    """Mean loss over the fixed validation set: eval_batches effective batches of sequences."""
+def evaluate(model, data, spec, batch_size: int, device, autocast, rank=0, world=1) -> dict:
+    """Validation metrics over the fixed validation set (eval_batches effective batches of
+    samples): ``val_loss``, the mean over samples, and each ``eval_counts`` ratio."""
     model.eval()
-    total = torch.zeros(2, device=device, dtype=torch.float64)
+    names = tuple(getattr(spec, "eval_columns", ()))
+    total = torch.zeros(2 + 2 * len(names), device=device, dtype=torch.float64)
     for batch in data.val_batches(spec.eval_batches * spec.target_effective_batch_size, batch_size, rank, world):
-        batch = torch.from_numpy(batch).to(device)
+        inputs = data.inputs(batch, device)
         with autocast:
-            loss = model(batch[:, :-1], batch[:, 1:])
-        total += torch.stack([loss.double() * len(batch), torch.tensor(len(batch), device=device, dtype=torch.float64)])
+            loss = model(*inputs)
+        counts = model.eval_counts(*inputs) if names else {}
+        total += torch.tensor([loss.double().item() * len(batch), len(batch)]
+                              + [float(x) for name in names for x in counts[name]], device=device, dtype=torch.float64)
     model.train()
-    total = _all_reduce(total, world)
-    return (total[0] / total[1]).item()
+    total = _all_reduce(total, world).tolist()
+    metrics = {"val_loss": total[0] / total[1]}
+    for i, name in enumerate(names):
+        errors, count = total[2 + 2 * i], total[3 + 2 * i]
+        metrics[name] = errors / count if count else None
+    return metrics
 
 
-def train(spec, build_model, *, root=None, batch_size=None, grad_accum=None, device=None,
-          data_cache=None, on_step=None) -> dict:
+def train(spec, build_model, *, load_data=TokenData.for_spec, root=None, batch_size=None, grad_accum=None,
+          device=None, data_cache=None, on_step=None) -> dict:
     """Train ``spec`` to its token budget, resuming if a checkpoint exists; return the final status.
 
+    ``load_data(spec, data_cache)``: the workload's data (text by default).
     ``on_step(step, model)`` is called after every optimizer step (a test hook).
     Raises ``RunInterrupted`` after checkpointing when a stop is requested.
     """
@@ -372,7 +402,7 @@ def train(spec, build_model, *, root=None, batch_size=None, grad_accum=None, dev
     progress = {"step": 0}
     try:
         plan = resolve_batch(spec, world, batch_size, grad_accum)
-        data = TokenData.for_spec(spec, data_cache)  # a bad dataset fails here, before any training
+        data = load_data(spec, data_cache)  # a bad dataset fails here, before any training
         return _train(spec, build_model, paths, plan, data, device, rank, world, on_step, progress)
     except interrupt.RunInterrupted:
         raise
@@ -391,12 +421,15 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
         raise RuntimeError(f"the model has {n_params} parameters but the spec counts {spec.total_params}")
     forward, autocast, sharded = parallelize(model, spec, device, world)
     optimizer = make_optimizer(spec, model, device)
-    start_step, elapsed_before = load_checkpoint(paths, spec, model, optimizer, sharded)
+    start_step, elapsed_before, units_before = load_checkpoint(paths, spec, model, optimizer, sharded)
     progress["step"] = start_step
-    B, A, T, total = plan.batch_size, plan.grad_accum, spec.seq_length, spec.optimizer_steps
+    B, A, total = plan.batch_size, plan.grad_accum, spec.optimizer_steps
     effective = B * A * world
-    tokens_per_step = effective * T
+    if units_before is None:  # a text run's checkpoint from before D was counted: it is exact
+        units_before = start_step * effective * spec.seq_length
     flops_per_token, peak_flops = spec.flops_per_token(), get_profile(spec.partition).peak_flops_per_gpu
+    loss_name, eval_columns = getattr(spec, "loss_name", None), tuple(getattr(spec, "eval_columns", ()))
+    columns = COLUMNS + ((loss_name, f"val_{loss_name}") if loss_name else ()) + eval_columns
 
     csv_log = None
     if rank == 0:
@@ -408,9 +441,9 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
             "plan": plan.to_dict(), "torch_version": torch.__version__, "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "git_commit": git_commit(), "code": str(Path(__file__).resolve().parent.parent)})
-        csv_log = MetricsCSV(paths.metrics_csv, start_step)
+        csv_log = MetricsCSV(paths.metrics_csv, start_step, columns)
         write_status(paths, spec, "running", start_step, resumed_from=start_step or None)
-        print(f"{spec.run_name}: {n_params:,} parameters, {total} steps of {effective} x {T} tokens "
+        print(f"{spec.run_name}: {n_params:,} parameters, {total} steps of {effective} samples "
               f"(batch {B} x accum {A} x {world} ranks"
               + (f", {'DDP' if spec.fsdp == 'none' else 'FSDP2 ' + spec.fsdp}" if world > 1 else "")
               + f") on {device}"
@@ -420,7 +453,8 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
     interval_loss = torch.zeros((), device=device)
     loop_start = mark = time.perf_counter()
     logged_step, paused, data_wait = start_step, 0.0, 0.0  # since the previous row: paused = checkpoint writes
-    timed_from, compile_s = start_step, None  # the rates count steps after timed_from
+    units_total, pending_units = units_before, 0  # D of all ranks at the last sum; this rank's since
+    timed_from, compile_s, timed_units = start_step, None, 0  # the rates count steps after timed_from
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for step in range(start_step + 1, total + 1):
@@ -435,10 +469,11 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
             fetch = time.perf_counter()
             host_batch = data.train_batch(first, B)
             data_wait += time.perf_counter() - fetch
-            batch = torch.from_numpy(host_batch).to(device, non_blocking=True)
+            pending_units += data.units(host_batch)
+            inputs = data.inputs(host_batch, device)
             with _gradient_sync(forward, sharded, world == 1 or micro == A - 1):
                 with autocast:
-                    loss = forward(batch[:, :-1], batch[:, 1:]) / A
+                    loss = forward(*inputs) / A
                 loss.backward()
             step_loss += loss.detach()
         if spec.grad_clip is not None:
@@ -453,25 +488,34 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
             step_loss.item()  # waits for the step
             now = time.perf_counter()
             compile_s, timed_from, mark, data_wait = round(now - mark, 3), step, now, 0.0
+            units_total, pending_units = units_total + _sum_units(pending_units, device, world), 0
+            timed_units = 0
             if rank == 0:
                 print(f"{spec.run_name}: compiled; first step took {compile_s:.1f} s", flush=True)
                 write_status(paths, spec, "running", step, compile_s=compile_s)
 
         if log_now:
-            loss_value = _all_reduce(step_loss, world).item() / world
-            diverged = not math.isfinite(_all_reduce(interval_loss, world).item())
+            sums = _all_reduce(torch.stack([step_loss.double(), interval_loss.double(),
+                                            torch.tensor(float(pending_units), device=device, dtype=torch.float64)]),
+                               world).tolist()
+            loss_value, diverged = sums[0] / world, not math.isfinite(sums[1])
+            interval_units, pending_units = round(sums[2]), 0
+            units_total += interval_units
+            timed_units += interval_units
             interval_loss.zero_()
             now = time.perf_counter()
-            tokens = step * tokens_per_step
+            tokens = units_total
             row = {"optimizer_step": step, "tokens_processed": tokens, "loss": loss_value,
                    "learning_rate": lr, "grad_norm": _value(grad_norm),
                    "theoretical_flops_chinchilla": 6 * n_params * tokens,
                    "elapsed_s": round(elapsed_before + now - loop_start, 3), "ranks": world}
             if step > timed_from:  # not a row of the compiling step alone
-                row.update(interval_metrics(step - timed_from, now - mark - paused, data_wait, tokens_per_step,
+                row.update(interval_metrics(step - timed_from, now - mark - paused, data_wait, timed_units,
                                             world, flops_per_token, peak_flops))
             if evaluate_now and not diverged:
-                row["val_loss"] = evaluate(model, data, spec, B, device, autocast, rank, world)
+                row.update(evaluate(model, data, spec, B, device, autocast, rank, world))
+            if loss_name:
+                row[loss_name], row[f"val_{loss_name}"] = row["loss"], row.get("val_loss")
             row.update(peak_memory(device))
             if rank == 0:
                 csv_log.append(row)
@@ -491,7 +535,7 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
                                               f"(loss {loss_value} at step {step})")
                 return {"state": "diverged", "optimizer_step": step}
             logged_step, mark, paused, data_wait = step, time.perf_counter(), 0.0, 0.0
-            timed_from = step
+            timed_from, timed_units = step, 0
 
         if on_step is not None:
             on_step(step, model)
@@ -503,9 +547,10 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
         if step < total and (signum is not None or step % spec.checkpoint_interval_steps == 0):
             pause_start = time.perf_counter()
             elapsed = elapsed_before + pause_start - loop_start
+            units_at_step = units_total + _sum_units(pending_units, device, world)  # a collective
             state = training_state(model, optimizer, sharded)  # with FSDP a collective
             if rank == 0:
-                checkpoint = save_checkpoint(paths, spec, step, *state, elapsed)
+                checkpoint = save_checkpoint(paths, spec, step, *state, elapsed, units_at_step)
                 if signum is None:
                     write_status(paths, spec, "running", step, checkpoint=checkpoint.name)
                 else:
@@ -522,11 +567,12 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
                 raise interrupt.RunInterrupted(step, signum)
 
     elapsed = elapsed_before + time.perf_counter() - loop_start
+    units_total += _sum_units(pending_units, device, world)  # nothing pending: the last step logs
     state = training_state(model, optimizer, sharded) if start_step < total else None
     if rank != 0:
         return {"state": "completed", "optimizer_step": total}
     if state is not None:
-        save_checkpoint(paths, spec, total, *state, elapsed)
+        save_checkpoint(paths, spec, total, *state, elapsed, units_total)
     csv_log.close()
     last = csv_log.rows[-1]
     return write_status(paths, spec, "completed", total, val_loss=float(last["val_loss"]),

@@ -38,7 +38,7 @@ import numpy as np
 
 from orchestrator.errors import UsageError
 from orchestrator.spec import source_shards
-from workloads.data import TokenData, get_tokenizer, load_source_tokens
+from workloads.data import TokenBatches, TokenData, get_tokenizer, load_source_tokens
 
 MIN_BLOCK = 1024
 MIX_STREAM = 0x6D6978  # "mix": keys the block orders apart from the sources' permutations
@@ -94,7 +94,7 @@ class Schedule:
         return sources, within
 
 
-class MixtureData:
+class MixtureData(TokenBatches):
     """``TokenData``'s batch methods over several sources mixed by weight."""
 
     def __init__(self, sources: dict[str, TokenData], weights: dict[str, float], seed: int):

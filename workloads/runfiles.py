@@ -25,18 +25,19 @@ COLUMNS = ("optimizer_step", "tokens_processed", "loss", "val_loss", "learning_r
 class MetricsCSV:
     """Appended as rows are logged; rewritten atomically when reopened and when closed."""
 
-    def __init__(self, path: Path, keep_through_step: int):
+    def __init__(self, path: Path, keep_through_step: int, columns: tuple[str, ...] = COLUMNS):
         self.path = path
+        self.columns = columns
         self.rows: list[dict] = []
         if keep_through_step > 0 and path.exists():
             with open(path, newline="") as handle:
                 self.rows = [r for r in csv.DictReader(handle) if int(r["optimizer_step"]) <= keep_through_step]
         self._rewrite()
         self._file = open(path, "a", newline="")
-        self._writer = csv.DictWriter(self._file, COLUMNS, restval="", extrasaction="ignore")
+        self._writer = csv.DictWriter(self._file, columns, restval="", extrasaction="ignore")
 
     def append(self, row: dict) -> None:
-        row = {key: "" if row.get(key) is None else row[key] for key in COLUMNS}
+        row = {key: "" if row.get(key) is None else row[key] for key in self.columns}
         self.rows.append(row)
         self._writer.writerow(row)
         self._file.flush()
@@ -49,7 +50,7 @@ class MetricsCSV:
             self._file.close()
             self._rewrite()
             self._file = open(self.path, "a", newline="")
-            self._writer = csv.DictWriter(self._file, COLUMNS, restval="", extrasaction="ignore")
+            self._writer = csv.DictWriter(self._file, self.columns, restval="", extrasaction="ignore")
 
     def close(self) -> None:
         self._file.close()
@@ -57,7 +58,7 @@ class MetricsCSV:
 
     def _rewrite(self) -> None:
         text = io.StringIO()
-        writer = csv.DictWriter(text, COLUMNS, restval="", extrasaction="ignore")
+        writer = csv.DictWriter(text, self.columns, restval="", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(self.rows)
         atomic_write_text(self.path, text.getvalue())

@@ -68,7 +68,7 @@ def eval_tokens(spec) -> int:
     ``eval_interval_steps`` and at the last step (``workloads.loop``)."""
     steps, interval = spec.optimizer_steps, spec.eval_interval_steps
     evaluations = steps // interval + (1 if steps % interval else 0)
-    return evaluations * spec.eval_batches * spec.target_effective_batch_size * spec.seq_length
+    return evaluations * spec.eval_batches * spec.target_effective_batch_size * spec.tokens_per_sample
 
 
 def estimated_wall_s(spec, profile: Profile, mfu: float, measured: Measurement | None = None) -> float:

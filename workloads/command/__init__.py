@@ -115,6 +115,8 @@ class CommandSpec(ExperimentSpec):
         check_keys(self.metrics_format, self.metrics_keys, self.tokens_per_step)
         for where, template in templates(self):
             check_placeholders(where, template, has_config=self.config is not None)
+        if "{metrics_path}" in self.metrics_file:
+            raise UsageError("metrics_file cannot use {metrics_path}: it is what defines it")
         if self.workdir is not None and self.code_commit is None:
             put("code_commit", code_commit(self.workdir))
         self._resolve_resources(put)

@@ -1,11 +1,11 @@
 """The command workload's trainer: a supervisor that runs the command and keeps the run directory true.
 
-It writes the config file, starts the command (``bash -c``, in the working directory, in a
-process group of its own), tails its metrics into the standard CSV while it runs, and reports
-how it ended in status.json:
+It writes the config file, starts the command (``bash -c``, in ``workdir``, or without one in the
+directory the job started in: where ``submit`` ran), tails its metrics into the standard CSV while
+it runs, and reports how it ended in status.json:
 
-- SIGUSR2 / SIGTERM (Slurm's time-limit warning, a preemption, ``cancel``) are forwarded to the
-  command's process group; when it has exited, the run is ``interrupted`` at its last logged step
+- SIGUSR2 / SIGTERM (Slurm's time-limit warning, a preemption, ``cancel``) are forwarded to every
+  process of the command; when all have exited, the run is ``interrupted`` at its last logged step
   and ``RunInterrupted`` is raised, so the task is requeued like a built-in trainer's (SIGUSR2) and
   the next start runs the command again, which resumes from its own checkpoint. Exit status 75
   (``EX_TEMPFAIL``) without a signal also means "run me again".
