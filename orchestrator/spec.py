@@ -178,21 +178,10 @@ class ExperimentSpec:
                      "target_effective_batch_size", "eval_batches", "log_interval_steps",
                      "checkpoint_interval_steps"):
             _check_positive(name, getattr(self, name))
-        for name in ("learning_rate", "adam_eps"):
-            _check_positive(name, getattr(self, name))
-        for name in ("num_layers", "train_tokens", "tokens_per_param", "eval_interval_steps", "grad_clip"):
+        for name in ("num_layers", "train_tokens", "tokens_per_param", "eval_interval_steps"):
             if getattr(self, name) is not None:
                 _check_positive(name, getattr(self, name))
-        if self.seed < 0:
-            raise UsageError(f"seed must be >= 0, got {self.seed!r}")
-        if not 0 <= self.lr_min_ratio <= 1:
-            raise UsageError(f"lr_min_ratio must be in [0, 1], got {self.lr_min_ratio!r}")
-        if self.weight_decay < 0:
-            raise UsageError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        for name in ("adam_beta1", "adam_beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise UsageError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
-        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        self._check_optimisation()
         _check_choice("fsdp", self.fsdp, FSDP_MODES)
         _check_dataset(self.dataset)
         _check_sources(self.dataset, self.sources)
@@ -218,6 +207,23 @@ class ExperimentSpec:
         if self.target_effective_batch_size % self.gpus:
             raise UsageError(f"target_effective_batch_size {self.target_effective_batch_size} is not "
                              f"divisible by gpus={self.gpus}")
+
+    def _check_optimisation(self) -> None:
+        """The optimiser's and the schedule's fields, and the seed: the same for every trained workload."""
+        for name in ("learning_rate", "adam_eps"):
+            _check_positive(name, getattr(self, name))
+        if self.grad_clip is not None:
+            _check_positive("grad_clip", self.grad_clip)
+        if self.seed < 0:
+            raise UsageError(f"seed must be >= 0, got {self.seed!r}")
+        if not 0 <= self.lr_min_ratio <= 1:
+            raise UsageError(f"lr_min_ratio must be in [0, 1], got {self.lr_min_ratio!r}")
+        if self.weight_decay < 0:
+            raise UsageError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UsageError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
 
     def _resolve_names(self, put) -> None:
         _check_safe_name("label", self.label)

@@ -357,19 +357,22 @@ def _value(tensor: torch.Tensor) -> float:
 @torch.no_grad()
 def evaluate(model, data, spec, batch_size: int, device, autocast, rank=0, world=1) -> dict:
     """Validation metrics over the fixed validation set (eval_batches effective batches of
-    samples): ``val_loss``, the mean over samples, and each ``eval_counts`` ratio."""
+    samples): ``val_loss``, the mean over samples, and each ``eval_counts`` ratio. The loss is
+    summed on the device (no sync per batch); error counts are host numbers."""
     model.eval()
     names = tuple(getattr(spec, "eval_columns", ()))
-    total = torch.zeros(2 + 2 * len(names), device=device, dtype=torch.float64)
+    total = torch.zeros(2, device=device, dtype=torch.float64)
+    counts = [0.0] * (2 * len(names))
     for batch in data.val_batches(spec.eval_batches * spec.target_effective_batch_size, batch_size, rank, world):
         inputs = data.inputs(batch, device)
         with autocast:
             loss = model(*inputs)
-        counts = model.eval_counts(*inputs) if names else {}
-        total += torch.tensor([loss.double().item() * len(batch), len(batch)]
-                              + [float(x) for name in names for x in counts[name]], device=device, dtype=torch.float64)
+        total += torch.stack([loss.double() * len(batch), torch.tensor(len(batch), device=device, dtype=torch.float64)])
+        if names:
+            found = model.eval_counts(*inputs)
+            counts = [a + float(b) for a, b in zip(counts, (x for name in names for x in found[name]))]
     model.train()
-    total = _all_reduce(total, world).tolist()
+    total = _all_reduce(torch.cat([total, torch.tensor(counts, device=device, dtype=torch.float64)]), world).tolist()
     metrics = {"val_loss": total[0] / total[1]}
     for i, name in enumerate(names):
         errors, count = total[2 + 2 * i], total[3 + 2 * i]

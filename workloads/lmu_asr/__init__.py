@@ -91,13 +91,12 @@ class LMUASRSpec(ExperimentSpec):
             object.__setattr__(self, name, value)
 
         self._resolve_names(put)
-        for name in ("version", "hidden_dim", "memory_dim", "memory_channels", "frame_stack", "learning_rate",
-                     "adam_eps", "target_effective_batch_size", "eval_batches", "log_interval_steps",
+        for name in ("version", "hidden_dim", "memory_dim", "memory_channels", "frame_stack",
+                     "target_effective_batch_size", "eval_batches", "log_interval_steps",
                      "checkpoint_interval_steps", "train_hours", "speech_train_utterances", "speech_dev_utterances"):
             if not getattr(self, name) > 0:
                 raise UsageError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("num_layers", "theta", "warmup_steps", "eval_interval_steps", "grad_clip", "max_frames",
-                     "mean_utterance_s"):
+        for name in ("num_layers", "theta", "warmup_steps", "eval_interval_steps", "max_frames", "mean_utterance_s"):
             value = getattr(self, name)
             if value is not None and not (value > 0 or (name == "warmup_steps" and value == 0)):
                 raise UsageError(f"{name} must be > 0, got {value!r}")
@@ -114,17 +113,7 @@ class LMUASRSpec(ExperimentSpec):
         if self.bidirectional and self.hidden_dim % 2:
             raise UsageError(f"a bidirectional encoder splits hidden_dim in two directions: it must be even, "
                              f"got {self.hidden_dim}")
-        if self.seed < 0:
-            raise UsageError(f"seed must be >= 0, got {self.seed!r}")
-        if not 0 <= self.lr_min_ratio <= 1:
-            raise UsageError(f"lr_min_ratio must be in [0, 1], got {self.lr_min_ratio!r}")
-        if self.weight_decay < 0:
-            raise UsageError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        for name in ("adam_beta1", "adam_beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise UsageError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
-        if self.lr_schedule not in ("warmup_cosine", "warmup_constant"):
-            raise unknown("lr_schedule", self.lr_schedule, ("warmup_cosine", "warmup_constant"))
+        self._check_optimisation()
         if self.fsdp != "none":
             raise UsageError(f"lmu_asr trains with DDP (fsdp='none'); got fsdp={self.fsdp!r}")
 
