@@ -109,6 +109,30 @@ def test_a_bad_record_is_a_usage_error_naming_its_file_and_line(tmp_path, cache,
     assert "\n" not in str(error.value)
 
 
+def test_a_build_that_fails_midway_leaves_no_torn_cache_and_the_next_is_whole(tmp_path, cache, monkeypatch):
+    """A source tokenised chunk by chunk dies after its first chunk (a bad record, a full disk, a
+    kill): nothing is left in the cache (no partial .bin, no temp file), and the next start
+    tokenises the whole source."""
+    folder = write_source(tmp_path / "root", "web", "W", 40, shards=2)
+    expected = load_source_tokens(tmp_path / "root", "web", sorted(folder.glob("*.jsonl")), ByteTokenizer(),
+                                  tmp_path / "reference")
+    monkeypatch.setattr(data, "SOURCE_CHUNK_CHARS", 64)  # several chunks
+    real = data._stream_jsonl
+
+    def dies_after_one_chunk(shards, chunk_chars=64):
+        chunks = real(shards, chunk_chars)
+        yield next(chunks)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(data, "_stream_jsonl", dies_after_one_chunk)
+    with pytest.raises(OSError, match="No space left"):
+        mixture(tmp_path / "root", {"web": 1})
+    assert list(cache.iterdir()) == []
+    monkeypatch.setattr(data, "_stream_jsonl", real)
+    rebuilt = mixture(tmp_path / "root", {"web": 1}).sources[0]
+    np.testing.assert_array_equal(np.concatenate([rebuilt.train, rebuilt.val]), expected)
+
+
 def test_a_source_too_small_for_a_sequence_is_named(tmp_path, cache):
     write_source(tmp_path / "root", "web", "W", 1000)
     write_source(tmp_path / "root", "tiny", "T", 1)
