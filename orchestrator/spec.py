@@ -193,6 +193,11 @@ class ExperimentSpec:
                              f"(got {self.train_tokens!r} and {self.tokens_per_param!r})")
         if self.train_tokens is None and self.tokens_per_param is None:
             put("tokens_per_param", DEFAULT_TOKENS_PER_PARAM)
+        self._resolve_schedule_and_resources(put)
+
+    def _resolve_schedule_and_resources(self, put) -> None:
+        """Warmup and evaluation interval from the optimizer steps, then the resources; shared by
+        every trained workload (its ``optimizer_steps`` is resolvable by now)."""
         steps = self.optimizer_steps
         if self.warmup_steps is None:
             put("warmup_steps", max(1, round(0.05 * steps)) if steps > 1 else 0)

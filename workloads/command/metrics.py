@@ -124,10 +124,8 @@ class MetricsTail:
         except FileNotFoundError:
             return []
         end = data.rfind(b"\n") + 1
-        rows = []
-        start_offset = self.offset
+        rows, position = [], self.offset
         self.offset += end
-        position = start_offset
         for line in data[:end].splitlines(keepends=True):
             row = self._parse(line.decode("utf-8", errors="replace"), position)
             position += len(line)

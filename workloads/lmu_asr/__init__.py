@@ -136,18 +136,7 @@ class LMUASRSpec(ExperimentSpec):
                                  f"turns train_hours into optimizer steps")
             put("mean_utterance_s", SPEECH_MEAN_UTTERANCE_S)
 
-        steps = self.optimizer_steps
-        if self.warmup_steps is None:
-            put("warmup_steps", max(1, round(0.05 * steps)) if steps > 1 else 0)
-        if self.warmup_steps >= max(steps, 1):
-            raise UsageError(f"warmup_steps must be in [0, {steps}) for {steps} optimizer steps, "
-                             f"got {self.warmup_steps!r}")
-        if self.eval_interval_steps is None:
-            put("eval_interval_steps", max(1, steps // 10))
-        self._resolve_resources(put)
-        if self.target_effective_batch_size % self.gpus:
-            raise UsageError(f"target_effective_batch_size {self.target_effective_batch_size} is not "
-                             f"divisible by gpus={self.gpus}")
+        self._resolve_schedule_and_resources(put)
 
     # ------------------------------------------------------------------- sizes
     @property
