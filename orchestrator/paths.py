@@ -7,6 +7,7 @@
         status.json    {"state": running|interrupted|completed|failed|timeout|diverged, "optimizer_step": ...}
         claim.json     the live attempt: job id, host, pid, start time, refreshed while it runs
         checkpoints/   resumable state
+        grad_dotprods/ per-sample gradient dot products and the value table (method="graddotprod")
         logs/          scheduler stdout/stderr
 
 The results root is ``$ORCHESTRATOR_RESULTS_DIR`` or ``./results``.
@@ -58,6 +59,10 @@ class RunPaths:
     @property
     def status_json(self) -> Path:
         return self.run_dir / "status.json"
+
+    @property
+    def grad_dotprods_dir(self) -> Path:
+        return self.run_dir / "grad_dotprods"
 
     @property
     def claim_json(self) -> Path:

@@ -47,7 +47,7 @@ NON_SCIENTIFIC_FIELDS = frozenset({
 # Scientific fields added after version 1. While such a field is at its default it is left out
 # of the identity, so a spec that does not use it keeps the hash it had before the field existed
 # (and keeps its finished runs). A new field goes here, with a default that means "as before".
-ADDED_FIELDS = frozenset({"sources", "mlp_hidden_dim"})
+ADDED_FIELDS = frozenset({"sources", "mlp_hidden_dim", "method", "val_batch_size", "attribution_dataset"})
 
 WORKLOADS: dict[str, type[ExperimentSpec]] = {}
 
@@ -183,7 +183,7 @@ class ExperimentSpec:
                 _check_positive(name, getattr(self, name))
         self._check_optimisation()
         _check_choice("fsdp", self.fsdp, FSDP_MODES)
-        _check_dataset(self.dataset)
+        check_dataset(self.dataset)
         _check_sources(self.dataset, self.sources)
 
         self.resolve_architecture(put)
@@ -441,7 +441,7 @@ def _check_safe_name(name: str, value: str) -> None:
         raise UsageError(f"{name} {value!r} may only use the characters [A-Za-z0-9._-] and must not contain '..'")
 
 
-def _check_dataset(value: str) -> None:
+def check_dataset(value: str, name: str = "dataset") -> None:
     """A built-in corpus name, or a path (with a '/') to a directory of text/jsonl files.
 
     A path is checked by the trainer on the machine where it runs (it may exist only
@@ -450,7 +450,7 @@ def _check_dataset(value: str) -> None:
     if "/" in value:
         return
     if value not in BUILTIN_DATASETS:
-        raise unknown("dataset", value, BUILTIN_DATASETS)
+        raise unknown(name, value, BUILTIN_DATASETS)
 
 
 def _check_sources(dataset: str, sources: Weights | None) -> None:

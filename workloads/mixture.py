@@ -43,6 +43,7 @@ from workloads.data import TokenBatches, TokenData, get_tokenizer, load_source_t
 MIN_BLOCK = 1024
 MIX_STREAM = 0x6D6978  # "mix": keys the block orders apart from the sources' permutations
 CACHED_BLOCKS = 4
+SOURCE_SHIFT = 40  # an example id is source << 40 | window: 10^12 windows per source
 
 
 def stream_key(name: str) -> int:
@@ -129,6 +130,20 @@ class MixtureData(TokenBatches):
         """Samples ``first_sample .. first_sample + batch_size - 1`` of the mixed stream, (B, T+1)."""
         sources, within = self.schedule.assign(np.arange(first_sample, first_sample + batch_size))
         return self._gather(sources, lambda data, here: data.train_samples(within[here]))
+
+    def example_ids(self, first_sample: int, batch_size: int) -> np.ndarray:
+        """The example of each sample: ``source << SOURCE_SHIFT | window`` within that source."""
+        sources, within = self.schedule.assign(np.arange(first_sample, first_sample + batch_size))
+        ids = np.empty(batch_size, dtype=np.int64)
+        for s in np.unique(sources):
+            here = sources == s
+            ids[here] = (int(s) << SOURCE_SHIFT) | self.sources[s].window_ids(within[here])
+        return ids
+
+    def examples(self, example_ids) -> np.ndarray:
+        ids = np.asarray(example_ids, dtype=np.int64)
+        sources, windows = ids >> SOURCE_SHIFT, ids & ((1 << SOURCE_SHIFT) - 1)
+        return self._gather(sources, lambda data, here: data.examples(windows[here]))
 
     def val_batches(self, num_sequences: int, batch_size: int, rank: int = 0, world_size: int = 1):
         """A fixed validation set: ``num_sequences`` windows shared out by the weights, each

@@ -6,9 +6,11 @@ import dataclasses
 import math
 
 from orchestrator.errors import UsageError, unknown
-from orchestrator.spec import MUP_LR_RULES, ExperimentSpec, register_workload
+from orchestrator.spec import (MUP_LR_RULES, NON_SCIENTIFIC_FIELDS, ExperimentSpec, check_dataset,
+                               register_workload)
 
 ACTIVATIONS = ("gelu", "relu", "swiglu")
+METHODS = ("regular", "graddotprod")
 POSITIONS = ("learned", "rotary")
 BASE_WIDTH, BASE_LAYERS = 32, 2
 
@@ -49,8 +51,18 @@ class TransformerSpec(ExperimentSpec):
     # the MLP's hidden width; None is the rule (swiglu_hidden(d) for swiglu, else 4d). Left as
     # None, not resolved: a spec that does not set it keeps its identity (spec.ADDED_FIELDS)
     mlp_hidden_dim: int | None = None
+    # data attribution (workloads/attribution.py): "graddotprod" also logs, at every step, each
+    # training sample's gradient dot product with the gradient of ``val_batch_size`` rows of
+    # ``attribution_dataset`` (the data that defines "useful"), every ``dot_prod_save_interval``
+    # steps to grad_dotprods/; the training itself is "regular"'s
+    method: str = "regular"
+    val_batch_size: int | None = None
+    attribution_dataset: str | None = None
+    dot_prod_save_interval: int = 10
 
     default_gpus = 1
+    # when the log is flushed, not what it holds
+    non_scientific_fields = NON_SCIENTIFIC_FIELDS | frozenset({"dot_prod_save_interval"})
     trainer = "workloads.transformer.train:main"
 
     def resolve_architecture(self, put) -> None:
@@ -70,6 +82,39 @@ class TransformerSpec(ExperimentSpec):
             raise UsageError(f"mlp_hidden_dim must be > 0 (or None for the default width), got {self.mlp_hidden_dim!r}")
         if self.positional == "rotary" and (self.hidden_dim // self.num_heads) % 2:
             raise UsageError(f"rotary positions need an even head size, got {self.hidden_dim // self.num_heads}")
+        self._check_attribution()
+
+    def _check_attribution(self) -> None:
+        """GradDotProd's fields: all given with ``method="graddotprod"`` (no defaults for the data
+        that defines "useful"), none without it."""
+        if self.method not in METHODS:
+            raise unknown("method", self.method, METHODS)
+        if self.dot_prod_save_interval <= 0:
+            raise UsageError(f"dot_prod_save_interval must be > 0, got {self.dot_prod_save_interval!r}")
+        if self.method == "regular":
+            for name in ("val_batch_size", "attribution_dataset"):
+                if getattr(self, name) is not None:
+                    raise UsageError(f"{name}={getattr(self, name)!r} is for method='graddotprod'; "
+                                     f"this experiment has method='regular'")
+            return
+        if self.attribution_dataset is None:
+            raise UsageError("method='graddotprod' needs attribution_dataset: the validation data whose "
+                             "gradient defines a useful sample (a built-in corpus or a directory)")
+        check_dataset(self.attribution_dataset, "attribution_dataset")
+        if self.val_batch_size is None or self.val_batch_size <= 0:
+            raise UsageError(f"method='graddotprod' needs val_batch_size > 0 (validation rows per "
+                             f"optimizer step), got {self.val_batch_size!r}")
+        if self.compile:
+            raise UsageError("method='graddotprod' does not run under compile=True (its hooks see "
+                             "the eager modules); set compile=False")
+        if self.fsdp != "none":
+            raise UsageError(f"method='graddotprod' needs whole parameters on every rank: fsdp must be "
+                             f"'none' (DDP), got {self.fsdp!r}")
+    def _resolve_schedule_and_resources(self, put) -> None:
+        super()._resolve_schedule_and_resources(put)
+        if self.method == "graddotprod" and self.val_batch_size % self.gpus:
+            raise UsageError(f"val_batch_size={self.val_batch_size} is not divisible by gpus={self.gpus}: "
+                             f"each rank takes an equal share of the validation rows")
 
     @property
     def mlp_hidden(self) -> int:

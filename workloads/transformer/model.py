@@ -137,8 +137,10 @@ class GPT(nn.Module):
         if not spec.tie_embeddings:
             nn.init.normal_(self.lm_head.weight, 0.0, sp_std(spec.hidden_dim))
 
-    def forward(self, idx, targets=None):
-        """Logits (B, T, V), or the mean cross-entropy when ``targets`` are given."""
+    def forward(self, idx, targets=None, per_row: bool = False):
+        """Logits (B, T, V), or the mean cross-entropy when ``targets`` are given: over all
+        tokens, or with ``per_row`` each row's mean over its tokens, (B,) (GradDotProd needs
+        the training and validation rows' losses apart)."""
         x = self.wte(idx)
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(idx.size(1), device=idx.device))
@@ -149,7 +151,10 @@ class GPT(nn.Module):
             logits = logits * self.output_mult
         if targets is None:
             return logits
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 up; float64 stays
+        if per_row:
+            return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").mean(1)
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
     def fsdp_units(self) -> list[nn.Module]:
         """FSDP's units: one per block, so one block's parameters are gathered at a time."""
