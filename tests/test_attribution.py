@@ -160,7 +160,7 @@ def test_the_log_holds_each_samples_exact_dot_product_with_the_validation_gradie
     assert worst < 1e-9
 
 
-def test_the_value_table_sums_minus_lr_times_dot_over_each_examples_visits(tmp_path, data_cache):
+def test_the_value_table_sums_lr_times_dot_over_each_examples_visits(tmp_path, data_cache):
     spec = tiny_spec()
     run(spec, tmp_path, data_cache)
     directory = log_dir(spec, tmp_path)
@@ -170,7 +170,8 @@ def test_the_value_table_sums_minus_lr_times_dot_over_each_examples_visits(tmp_p
         "rank000_steps00000011-00000015.npz", "rank000_steps00000016-00000020.npz"]
     example = int(table["example"][0])
     here = rows["example"] == example
-    assert table["value"][0] == pytest.approx(float(np.sum(-rows["lr"][here] * rows["dot"][here])), rel=1e-12)
+    assert table["value"][0] == pytest.approx(float(np.sum(rows["lr"][here] * rows["dot"][here])), rel=1e-12)
+    assert np.array_equal(table["val_loss_change"], -table["value"])
     assert table["times_seen"].sum() == STEPS * 8 and np.all(np.diff(table["value"]) >= 0)
 
 

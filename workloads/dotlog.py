@@ -10,9 +10,13 @@ Layout, in the run directory (``RunPaths.grad_dotprods_dir``)::
 Each chunk holds equal-length arrays, one row per training sample and optimizer step (the
 ``COLUMNS``). ``dot`` is ``<grad l(w, z_i), grad L_val(w)>`` over every trainable parameter,
 with ``l(w, z_i)`` the sample's mean token loss and ``L_val`` the mean loss of the step's
-validation rows (all ranks), both at the weights before the step. The first-order in-run data
-value of the step is ``-lr * dot`` (Wang et al., ICLR 2025), ``lr`` being the base scheduled
-rate (muP groups scale it).
+validation rows (all ranks), both at the weights before the step, and ``lr`` the base scheduled
+rate (muP groups scale it). To first order, the step changes the validation loss by ``-lr * dot``
+on the sample's account (Wang et al., ICLR 2025: the first-order In-Run Data Shapley term of the
+utility "validation loss"). The value table counts it with the sign of a value, ``value = lr *
+dot`` summed over the steps, the validation-loss *reduction* credited to the sample: positive
+helps, negative hurts, and the harmful examples rank lowest; ``val_loss_change`` is the same sum
+with the loss's sign (``-lr * dot``).
 
 ``example`` names the training window the sample was: the same example seen in two epochs is
 two samples (two sample indices) of one example, and the value table sums over them.
@@ -38,7 +42,7 @@ from orchestrator.paths import atomic_file
 COLUMNS = {"step": np.int64, "sample": np.int64, "example": np.int64, "rank": np.int32,
            "dot": np.float64, "loss": np.float64, "lr": np.float64, "val_loss": np.float64,
            "val_grad_sq_norm": np.float64}
-VALUE_COLUMNS = ("example", "value", "times_seen", "mean_dot", "first_step", "last_step")
+VALUE_COLUMNS = ("example", "value", "val_loss_change", "times_seen", "mean_dot", "first_step", "last_step")
 CHUNK = re.compile(r"^rank(\d{3,})_steps(\d{8,})-(\d{8,})\.npz$")
 VALUES_CSV = "values.csv"
 
@@ -113,18 +117,19 @@ def read_dots(directory: Path) -> dict[str, np.ndarray]:
 
 
 def sample_values(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The value table: per example, the cumulative first-order value ``sum -lr * dot`` over the
-    steps that used it, how many times it was seen, its mean dot product and the first and
-    last step; sorted by value, lowest first."""
+    """The value table: per example, the cumulative first-order value ``sum lr * dot`` over the
+    steps that used it (and ``val_loss_change``, its negative), how many times it was seen, its
+    mean dot product and the first and last step; sorted by value, lowest (most harmful) first."""
     examples, inverse, times = np.unique(rows["example"], return_inverse=True, return_counts=True)
-    value = np.bincount(inverse, weights=-rows["lr"] * rows["dot"], minlength=len(examples))
+    value = np.bincount(inverse, weights=rows["lr"] * rows["dot"], minlength=len(examples))
     dot_sum = np.bincount(inverse, weights=rows["dot"], minlength=len(examples))
     first = np.full(len(examples), np.iinfo(np.int64).max)
     last = np.zeros(len(examples), dtype=np.int64)
     np.minimum.at(first, inverse, rows["step"])
     np.maximum.at(last, inverse, rows["step"])
     order = np.argsort(value, kind="stable")
-    table = {"example": examples, "value": value, "times_seen": times, "mean_dot": dot_sum / times,
+    table = {"example": examples, "value": value, "val_loss_change": -value, "times_seen": times,
+             "mean_dot": dot_sum / times,
              "first_step": first, "last_step": last}
     return {name: table[name][order] for name in VALUE_COLUMNS}
 
