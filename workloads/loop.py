@@ -73,6 +73,13 @@ Data parallelism (``spec.fsdp``; one rank needs none and gets no wrapper):
   every mode. ``clip_grad_norm_`` works on FSDP2's DTensor gradients (the norm is over the
   whole model).
 
+Data attribution (``spec.method == "graddotprod"``): each micro-step's forward and backward
+go through ``workloads.attribution`` (validation rows in the first, per-row losses from the
+model's ``forward(..., per_row=True)``), which leaves the training rows' gradient in ``.grad``
+and logs every sample's dot product with the validation gradient; everything after the backward
+(clipping, the step, the CSV, checkpoints) is the regular loop's. The log is saved before each
+checkpoint and cut back to it on resume.
+
 ``spec.compile``: ``torch.compile`` of the model (before DDP, after FSDP). The first optimizer
 step of each start includes the compilation; it is timed alone (``compile_s`` in status.json
 and the log) and left out of the rate columns of the row that would contain it.

@@ -155,10 +155,16 @@ class TransformerSpec(ExperimentSpec):
         """Per token and layer, ~ 9d + 2 MLP widths saved (fused attention, no s^2 term).
 
         Plus one extra layer for backward temporaries and the logits, kept in fp32 for
-        the loss and its gradient.
+        the loss and its gradient. GradDotProd keeps the output gradients of every Linear and
+        LayerNorm (per layer 3d + d + the MLP's two outputs + 2d) and the head's until its dots
+        are taken; its validation rows (a few against the batch) are left out.
         """
         d, s = self.hidden_dim, self.seq_length
         mlp_saved = 3 * self.mlp_hidden if self.activation == "swiglu" else 2 * self.mlp_hidden
         per_layer = s * (9 * d + mlp_saved) * dtype_bytes
         logits = s * self.vocab_size * (dtype_bytes + 8)
-        return (self.num_layers + 1) * per_layer + logits + 2 * s * d * dtype_bytes
+        total = (self.num_layers + 1) * per_layer + logits + 2 * s * d * dtype_bytes
+        if self.method == "graddotprod":  # every hooked module's output gradient, held until the dots
+            fc_out = 2 * self.mlp_hidden if self.activation == "swiglu" else self.mlp_hidden
+            total += s * (self.num_layers * (7 * d + fc_out) + d + self.vocab_size) * dtype_bytes
+        return total
