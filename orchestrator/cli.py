@@ -26,6 +26,7 @@ COMMANDS = {
     "study": "run a whole study: submit, watch it live, fit the scaling law",
     "collect": "write one tidy table (parquet or csv) of all runs with config fields and final metrics",
     "analyze": "fit scaling laws to a study's results and draw the plots",
+    "attribution": "rank a GradDotProd run's training samples by their in-run data value",
 }
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -78,11 +79,15 @@ def write_chunk(directory: Path, rank: int, rows: dict[str, np.ndarray]) -> Path
 
 
 def _load(path: Path) -> dict[str, np.ndarray]:
+    """One chunk, or a one-line error naming it (a torn copy, a stray file under a chunk's name)."""
     try:
-        with np.load(path) as archive:
+        with np.load(path, allow_pickle=False) as archive:
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise ValueError("not an .npz archive")
             return {name: archive[name] for name in COLUMNS}
-    except (OSError, ValueError, KeyError, EOFError) as exc:
-        raise UsageError(f"unreadable dot-product chunk {path}: {exc}") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        reason = "not an .npz archive" if "pickled" in str(exc) else str(exc)
+        raise UsageError(f"unreadable dot-product chunk {path}: {reason}") from None
 
 
 def truncate_after(directory: Path, step: int) -> None:
