@@ -17,6 +17,7 @@ from test_lstm_ddp import assert_exited, launch, wait
 from workloads import dotlog
 from workloads.attribution import load_attribution_data
 from workloads.data import TokenData
+from workloads import interrupt
 from workloads.interrupt import RunInterrupted
 from workloads.loop import latest_checkpoint, train
 from workloads.transformer.model import GPT
@@ -183,7 +184,7 @@ def test_a_resumed_run_logs_every_step_once_as_the_uninterrupted_run_does(tmp_pa
         if step == 13:
             os.kill(os.getpid(), signal.SIGUSR2)
 
-    with pytest.raises(RunInterrupted):
+    with interrupt.handling_signals(), pytest.raises(RunInterrupted):
         run(spec, tmp_path / "halves", data_cache, on_step=stop_at_13)
     directory = log_dir(spec, tmp_path / "halves")
     assert [c[2:] for c in dotlog.chunks(directory)] == [(1, 5), (6, 10), (11, 13)]

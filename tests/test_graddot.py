@@ -202,3 +202,33 @@ def test_the_project_gpt_is_exact(tie):
                               val_grad(model, idx[n:], targets[n:]))
     dots, _ = engine_step(GradDot(model), model, idx, targets, n, 2)
     assert_exact(dots, expected)
+
+
+@pytest.mark.parametrize("model_fn", [tiny, gpt], ids=["tiny", "gpt"])
+@pytest.mark.parametrize("route,reduce", [("materialised", None), ("gram", None), ("auto", lambda val: val)])
+def test_steady_state_steps_that_dot_in_backward_are_exact(model_fn, route, reduce):
+    """After the verifying steps, a parameter is dotted in backward once all its uses are in (a tied
+    head waits for the embedding, a twice-called MLP for its second call); with a reduction, in finish."""
+    model, (idx, targets), n = model_fn(True), batch(6), 4
+    G = val_grad(model, idx[n:], targets[n:])
+    expected = reference_dots(per_sample_grads(model, idx[:n], targets[:n], 1 / n), G)
+    row_losses(model, idx[:n], targets[:n]).mean().backward()
+    train_grad = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    dots, val_sq_norm = engine_step(GradDot(model, route=route, reduce_val_gradient=reduce, verify_steps=0),
+                                    model, idx, targets, n, 2)
+    assert_exact(dots, expected)
+    torch.testing.assert_close(val_sq_norm, sum(g.pow(2).sum() for g in G.values()), rtol=1e-12, atol=0)
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, train_grad[k], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("verify_steps", [0, 1])
+def test_a_second_backward_in_one_step_is_refused(verify_steps):
+    model, (idx, targets) = tiny(), batch(5)
+    engine = GradDot(model, verify_steps=verify_steps)
+    with engine.step(4, 1):
+        losses = row_losses(model, idx, targets)
+    losses[:4].mean().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="call backward once between step\\(\\) and finish\\(\\)"):
+        losses[4:].mean().backward()

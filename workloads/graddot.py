@@ -15,7 +15,7 @@ Use (one optimizer step, ``A`` micro-steps)::
     engine = GradDot(model)
     with engine.step(n_train, n_val):      # micro-step 1: rows 0..n_train-1 train, the rest validation
         loss = loss_train + loss_val         # forward of the concatenated batch
-    loss.backward()
+    loss.backward()                        # once: a second backward in one step raises
     dots, val_sq_norm = engine.finish()    # .grad now holds the training rows' gradient only
     with engine.step(n_train, 0):          # micro-steps 2..A: training rows only,
         ...                                  # dotted with micro-step 1's G_val
@@ -51,9 +51,20 @@ Contract:
   float32. Under autocast the saved inputs are cast as autocast casts them, so the hooks see
   the operands autograd used; ``.grad - G_val`` then carries the low precision's rounding.
 
-Memory: the hooked inputs (those autograd saves anyway; the normalised inputs of LayerNorms
-in addition) and all output gradients are held from the forward to ``finish()``; ``G_val``, a
-copy of the parameters in at least float32, is kept until the next step with validation rows.
+When the dots are taken: in steady state (after the ``verify_steps`` steps, and without
+``reduce_val_gradient`` in a step with validation rows) a parameter's ``G_val`` and dots are
+computed in backward, by the hook of the last of its uses to get its output gradient (a tied
+head waits for the embedding, the last use in backward). Its tensors are let go there, so the
+engine holds little beyond what backward holds anyway, and ``finish()`` only subtracts
+``G_val`` and sums ``|G_val|^2``. While verifying, or when ``G_val`` must first be reduced
+across ranks, everything waits for ``finish()``.
+
+Memory: the hooked inputs (those autograd saves anyway) and the output gradients are held
+from the forward until their parameter's dots are taken (above); ``G_val``, a copy of the
+parameters in at least float32, is kept until the next step with validation rows. Holding
+every output gradient to ``finish()`` costs more than memory: on a CPU, backward then gets
+fresh pages instead of reused ones, page faults that were about a sixth of the engine's time
+at d=128, T=256.
 
 Routes for a weight use with shape (o, i), n training rows of T tokens and m validation rows
 of S tokens (``G_val`` itself always costs ``2 m S o i``: it is subtracted from ``.grad``):
@@ -75,6 +86,7 @@ from typing import Callable, NamedTuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 ROUTES = ("auto", "materialised", "gram")
 SUPPORTED = (nn.Linear, nn.Embedding, nn.LayerNorm)
@@ -114,14 +126,17 @@ class _Matrix:
 
     def dot(self, G, n):
         """(n,): each of the first n rows' gradient dotted with G, without forming it."""
-        rows, cols = self._r(0, n), self._c(0, n)
+        cols = self._c(0, n)
+        if self.one_hot and self.rows.stride(0) == 0:  # ids shared by all rows (positions): no gather
+            return cols.reshape(n, -1) @ G[self.rows[0]].reshape(-1)
+        rows = self._r(0, n)
         if self.one_hot:
-            products = G[rows] * cols
+            products = G[rows].mul_(cols)  # in place: every left operand here is new
         elif self.o >= cols.shape[-1]:  # the same FLOPs either way; the smaller intermediate
-            products = (rows @ G) * cols
+            products = (rows @ G).mul_(cols)
         else:
-            products = (cols @ G.T) * rows
-        return products.sum(1).view(n, -1).sum(1)
+            products = (cols @ G.T).mul_(rows)
+        return products.reshape(n, -1).sum(1)
 
     def gram_dot(self, val, n, m):
         """(n,): the first n rows of this use dotted with rows n..n+m-1 of ``val``, a use of the
@@ -136,7 +151,7 @@ class _Matrix:
             rows = r[:, rv]
         else:
             rows = r @ rv.T
-        return (rows * cols).sum(1).view(n, -1).sum(1)
+        return cols.mul_(rows).reshape(n, -1).sum(1)
 
     def materialised_flops(self, n):
         T, i = self.cols.shape[1:]
@@ -164,13 +179,11 @@ class _Vector:
 class _Call:
     """One call of a hooked module: what its forward saved and, after backward, its output gradient."""
 
-    __slots__ = ("module", "saved", "grad")
+    __slots__ = ("module", "saved", "grad", "step", "spent")
 
-    def __init__(self, module, saved):
-        self.module, self.saved, self.grad = module, saved, None
-
-    def take_grad(self, grad):
-        self.grad = grad.detach() if self.grad is None else self.grad + grad.detach()
+    def __init__(self, module, saved, step):
+        self.module, self.saved, self.grad, self.step = module, saved, None, step
+        self.spent = False  # its uses were taken in backward
 
 
 class GradDot:
@@ -178,7 +191,8 @@ class GradDot:
 
     ``route``: "auto", "materialised" or "gram" (forced wherever validation rows are in the step;
     steps without them have only the materialised route). ``verify_steps``: how many first steps
-    check that the hooks saw every use of every parameter (costs one extra weight gradient).
+    check that the hooks saw every use of every parameter (costs one extra weight gradient, and
+    those steps keep every output gradient to ``finish()``).
     """
 
     def __init__(self, model: nn.Module, *, route: str = "auto",
@@ -201,8 +215,13 @@ class GradDot:
         self._handles = [m.register_forward_hook(hooks[type(m)]) for m in model.modules()
                          if type(m) in hooks and any(p.requires_grad for p in m.parameters(recurse=False))]
         self._calls: list[_Call] | None = None
-        self._recording = False
+        self._recording = self._eager = False
         self._batch = self._n_train = self._n_val = 0
+        self._pending: dict[nn.Parameter, int] = {}  # uses recorded in the forward whose gradient is due
+        self._arrived: dict[nn.Parameter, list] = {}  # uses whose gradient came, not yet dotted
+        self._step_val: dict[nn.Parameter, torch.Tensor] = {}  # G_val of the parameters dotted in backward
+        self._dots: torch.Tensor | None = None
+        self._dots_dtype = torch.float64 if any(p.dtype == torch.float64 for p in self._params) else torch.float32
         self._val: dict[nn.Parameter, torch.Tensor] | None = None
         self._val_sq_norm = self._versions = None
         self._steps = 0
@@ -230,9 +249,37 @@ class GradDot:
 
     # ------------------------------------------------------------------ forward hooks
     def _record(self, module, saved, output):
-        call = _Call(module, saved)
+        call = _Call(module, saved, self._steps)
         self._calls.append(call)
-        output.register_hook(call.take_grad)
+        for p in (getattr(module, "weight", None), getattr(module, "bias", None)):
+            if p is not None and p.requires_grad:  # the parameters _uses() yields for this call
+                self._pending[p] = self._pending.get(p, 0) + 1
+        output.register_hook(lambda grad: self._take_grad(call, grad))
+
+    def _take_grad(self, call, grad):
+        """A call's output gradient, in backward. In steady state a parameter is dotted as soon as
+        the gradients of all its uses are in, and its tensors are let go."""
+        if self._calls is None or call.step != self._steps:
+            return  # a graph from a finished step: nothing waits for it
+        if call.grad is not None or call.spent:
+            raise RuntimeError("a second gradient reached the output of a module in one GradDot step: "
+                               "call backward once between step() and finish()")
+        call.grad = grad.detach()
+        if not self._eager:
+            return
+        n, m = self._n_train, self._n_val
+        for p, use in self._uses(call):
+            self._arrived.setdefault(p, []).append(use)
+            self._pending[p] -= 1
+            if self._pending[p] == 0:
+                uses = self._arrived.pop(p)
+                if m:
+                    G = self._step_val[p] = self._row_sum(p, uses, n, n + m)
+                else:
+                    G = self._val[p]
+                for u in uses:
+                    self._dots += self._dot(p, u, G, uses, n, m).to(self._dots.dtype)
+        call.saved, call.grad, call.spent = None, None, True  # its memory goes back during backward
 
     def _check_rows(self, module, x):
         if x.dim() < 2 or x.shape[0] != self._batch:
@@ -268,13 +315,8 @@ class GradDot:
             return
         x = args[0].detach()
         self._check_rows(module, x)
-        x_hat = None
-        if module.weight is not None and module.weight.requires_grad:
-            dims = tuple(range(-len(module.normalized_shape), 0))
-            x = x.to(_compute_dtype(x.dtype))  # layer_norm runs in float32 under autocast
-            var, mean = torch.var_mean(x, dims, correction=0, keepdim=True)
-            x_hat = (x - mean) * torch.rsqrt(var + module.eps)
-        self._record(module, (x_hat,), output)
+        # the input, which autograd keeps anyway: normalised only when its gradient comes
+        self._record(module, (x if module.weight is not None and module.weight.requires_grad else None,), output)
 
     # ------------------------------------------------------------------ per-use gradients
     def _uses(self, call):
@@ -304,9 +346,11 @@ class GradDot:
             width = m.weight.numel() if m.weight is not None else m.bias.numel()
             b = b.reshape(B, -1, width)
             if trainable(m.weight):
-                x_hat = call.saved[0].reshape(B, -1, width)
-                w = dtype(m.weight)
-                yield m.weight, _Vector((b.to(w) * x_hat.to(w)).sum(1), w, eps)
+                w, x = dtype(m.weight), call.saved[0]
+                # one fused kernel with the module's mean and 1/std (var_mean and arithmetic cost 8x);
+                # in float32 at least, as layer_norm runs under autocast
+                x_hat = F.layer_norm(x.to(_compute_dtype(x.dtype)), m.normalized_shape, None, None, m.eps)
+                yield m.weight, _Vector((b.to(w) * x_hat.reshape(B, -1, width).to(w)).sum(1), w, eps)
             if trainable(m.bias):
                 yield m.bias, _Vector(b.to(dtype(m.bias)).sum(1), dtype(m.bias), eps)
 
@@ -326,8 +370,13 @@ class GradDot:
                 raise RuntimeError("the parameters changed since the validation gradient was computed: "
                                    "each optimizer step's first micro-step must include validation rows")
         self._n_train, self._n_val, self._batch = n_train, n_val, n_train + n_val
-        self._calls = []
-        if self._steps < self.verify_steps:
+        self._calls, self._pending, self._arrived, self._step_val = [], {}, {}, {}
+        self._dots = torch.zeros(n_train, dtype=self._dots_dtype, device=self._params[0].device)
+        self.last_routes = []
+        verifying = self._steps < self.verify_steps
+        # G_val of a step with validation rows is complete in backward unless it must be reduced first
+        self._eager = not verifying and (n_val == 0 or self._reduce is None)
+        if verifying:
             self._captured = {}
             self._capture_handles = [p.register_hook(self._capture(p)) for p in self._params]
         self._recording = True
@@ -357,24 +406,23 @@ class GradDot:
         calls, self._calls, self._recording = self._calls, None, False
         self._remove_capture()
         n, m = self._n_train, self._n_val
-        uses: dict[nn.Parameter, list] = {}
+        uses = self._arrived  # what backward did not dot: everything, or uses of a parameter still due
         for call in calls:
             if call.grad is not None:
                 for p, use in self._uses(call):
                     uses.setdefault(p, []).append(use)
         if m:
-            val = [self._row_sum(p, uses.get(p, []), n, n + m) for p in self._params]
+            val = [self._step_val[p] if p in self._step_val else self._row_sum(p, uses.get(p, []), n, n + m)
+                   for p in self._params]
             if self._reduce is not None:
                 val = list(self._reduce(val))
             self._val = dict(zip(self._params, val))
-            self._val_sq_norm = sum(g.double().pow(2).sum() for g in val)
-        dtype = torch.float64 if any(p.dtype == torch.float64 for p in self._params) else torch.float32
-        dots = torch.zeros(n, dtype=dtype, device=self._params[0].device)
-        self.last_routes = []
+            self._val_sq_norm = sum(torch.dot(g.reshape(-1), g.reshape(-1)).double() for g in val)
+        dots = self._dots
         for p, us in uses.items():
             G = self._val[p]
             for use in us:
-                dots += self._dot(p, use, G, us, n, m).to(dtype)
+                dots += self._dot(p, use, G, us, n, m).to(dots.dtype)
         if self._steps < self.verify_steps:
             self._verify(uses)
         if m:
@@ -383,10 +431,13 @@ class GradDot:
                     p.grad.sub_(self._val[p].to(p.grad.dtype).view_as(p.grad))
             # after the subtraction: .grad is not a parameter, so its version does not count
             self._versions = [p._version for p in self._params]
+        self._arrived, self._step_val, self._pending, self._dots = {}, {}, {}, None
         self._steps += 1
-        return StepDots(dots, self._val_sq_norm.to(dtype))
+        return StepDots(dots, self._val_sq_norm.to(dots.dtype))
 
     def _row_sum(self, p, uses, start, stop):
+        if len(uses) == 1:
+            return uses[0].row_sum(start, stop).view(p.shape)
         total = torch.zeros(p.shape, dtype=_compute_dtype(p.dtype), device=p.device)
         for use in uses:
             total += use.row_sum(start, stop).view(p.shape)
@@ -425,3 +476,4 @@ class GradDot:
             handle.remove()
         self._remove_capture()
         self._handles, self._calls, self._val, self._captured = [], None, None, {}
+        self._arrived, self._step_val, self._pending = {}, {}, {}
