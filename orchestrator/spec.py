@@ -271,6 +271,11 @@ class ExperimentSpec:
         """Activation memory kept for backward by one sequence, for the batch planner."""
         raise NotImplementedError
 
+    def dependencies(self) -> tuple[str, ...]:
+        """Experiments (``folder_name/label``) that must complete before this one starts (a fine-tune
+        of another experiment's model): ``submit`` orders them, Slurm with ``afterok``."""
+        return ()
+
     # ------------------------------------------------------------- derived numbers
     @property
     def total_params(self) -> int:

@@ -7,4 +7,4 @@ Adding a workload: a package ``workloads/<name>/`` with a registered
 ``ExperimentSpec`` subclass, plus one import line below.
 """
 
-from workloads import command, lmu_asr, lstm, transformer  # noqa: F401  (registration)
+from workloads import command, finetune, lmu_asr, lstm, transformer  # noqa: F401  (registration)

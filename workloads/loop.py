@@ -13,6 +13,15 @@ function loading its data. The contract, the same for text and speech:
   ``lr_scale``); an optional ``fsdp_units()`` lists the submodules FSDP shards one by one (without
   it, the root alone); an optional ``eval_counts(*inputs)`` returns ``{column: (errors, total)}``
   summed over the validation set and the ranks into the ratio columns (``val_cer``, ``val_wer``).
+- optional artifact hooks of the model, called on rank 0 with the run's ``RunPaths``:
+  ``on_start(paths, start_step, metrics)`` before the first step (with the untrained model's
+  validation metrics on a fresh start, None on a resume), ``on_evaluation(paths, step, row)`` after
+  each row with a validation loss, ``on_end(paths, last_row)`` when the run completes (the
+  fine-tuning workload writes its best model, history and demo generations there).
+- precision: ``spec.precision`` where the workload has one (``fp16``: float16 autocast and a
+  GradScaler, whose state is checkpointed; ``bf16``; ``fp32``), else bf16 autocast on CUDA.
+  Only trainable parameters (``requires_grad``) are optimised and checkpointed: a frozen part is
+  rebuilt from the base model on resume.
 - spec: ``loss_name`` (e.g. ``"ctc_loss"``) repeats ``loss`` and ``val_loss`` under that name,
   and ``eval_columns`` names the ratio columns; both are appended to ``COLUMNS``.
 
@@ -46,7 +55,8 @@ step 1, every ``log_interval_steps``, at every evaluation and at the last step:
   such counters. ``peak_rss_gb``: rank 0's process peak resident memory since it started
   (``getrusage``; never reset), on every device.
 - ``ranks``: the world size; ``elapsed_s``: training seconds since the run first started,
-  resumed runs included.
+  resumed runs included; ``samples_per_s``: samples (sequences, utterances, examples) of all
+  ranks per second over the interval, as ``tokens_per_s``.
 
 Timing adds no device synchronisation: the clock is read at logged steps only, after the
 loss has been fetched from the device (which waits for the step), and the batch timer reads
@@ -140,8 +150,9 @@ def lr_at(spec, step: int) -> float:
 def make_optimizer(spec, model, device=None) -> torch.optim.AdamW:
     groups = model.param_groups()
     grouped = [p for g in groups for p in g["params"]]
-    if len({id(p) for p in grouped}) != len(grouped) or {id(p) for p in grouped} != {id(p) for p in model.parameters()}:
-        raise RuntimeError("param_groups() must hold every parameter of the model exactly once")
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    if len({id(p) for p in grouped}) != len(grouped) or {id(p) for p in grouped} != trainable:
+        raise RuntimeError("param_groups() must hold every trainable parameter of the model exactly once")
     fused = device is not None and torch.device(device).type == "cuda"
     return torch.optim.AdamW(groups, lr=spec.learning_rate, betas=(spec.adam_beta1, spec.adam_beta2),
                              eps=spec.adam_eps, fused=fused or None)
@@ -213,6 +224,10 @@ def _parameter_names(model, optimizer) -> list[str]:
     return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
 
 
+def frozen_names(model) -> set[str]:
+    return {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
+
 def training_state(model, optimizer, sharded: bool) -> tuple[dict, dict]:
     """Model and optimizer state dicts as a single process has them (plain tensors, parameters
     numbered in the optimizer's order).
@@ -221,7 +236,8 @@ def training_state(model, optimizer, sharded: bool) -> tuple[dict, dict]:
     the other ranks empty dicts.
     """
     if not sharded:
-        return model.state_dict(), optimizer.state_dict()
+        frozen = frozen_names(model)  # rebuilt from the base model on resume: not saved
+        return {k: v for k, v in model.state_dict().items() if k not in frozen}, optimizer.state_dict()
     model_state = get_model_state_dict(model, options=FULL_ON_RANK_0)
     by_name = get_optimizer_state_dict(model, optimizer, options=FULL_ON_RANK_0)
     if not by_name:
@@ -234,10 +250,11 @@ def training_state(model, optimizer, sharded: bool) -> tuple[dict, dict]:
 
 
 def save_checkpoint(paths: RunPaths, spec, step: int, model_state: dict, optimizer_state: dict,
-                    elapsed_s: float, units: int) -> Path:
+                    elapsed_s: float, units: int, scaler=None) -> Path:
     state = {
         "identity": spec.identity, "optimizer_step": step, "elapsed_s": elapsed_s, "units_processed": units,
         "model": model_state, "optimizer": optimizer_state,
+        "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
     }
@@ -255,7 +272,8 @@ def save_checkpoint(paths: RunPaths, spec, step: int, model_state: dict, optimiz
     return path
 
 
-def load_checkpoint(paths: RunPaths, spec, model, optimizer, sharded: bool = False) -> tuple[int, float, int | None]:
+def load_checkpoint(paths: RunPaths, spec, model, optimizer, sharded: bool = False,
+                    scaler=None) -> tuple[int, float, int | None]:
     """Restore the latest checkpoint; (optimizer step, elapsed seconds, units of D so far; None in
     a checkpoint from before D was counted), (0, 0.0, 0) if none.
 
@@ -278,8 +296,14 @@ def load_checkpoint(paths: RunPaths, spec, model, optimizer, sharded: bool = Fal
         set_model_state_dict(model, state["model"], options=full)
         set_optimizer_state_dict(model, optimizer, by_name, options=full)
     else:
-        model.load_state_dict(state["model"])
+        frozen = frozen_names(model)
+        missing, unexpected = model.load_state_dict(state["model"], strict=not frozen)
+        if unexpected or set(missing) - frozen:
+            raise RuntimeError(f"{path} does not match the model: missing {sorted(set(missing) - frozen)[:5]}, "
+                               f"unexpected {sorted(unexpected)[:5]}")
         optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"]["torch"])
     random.setstate(state["rng"]["python"])
     if state["rng"]["cuda"] and torch.cuda.is_available():
@@ -300,6 +324,31 @@ def _all_reduce(tensor: torch.Tensor, world: int, op=None) -> torch.Tensor:
     return tensor
 
 
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
+
+
+def autocast_for(spec, device):
+    """The forward's autocast: ``spec.precision`` where the workload has one (fp16, bf16, fp32, on
+    any device), else bf16 on CUDA and none on a CPU."""
+    precision = getattr(spec, "precision", None)
+    dtype = AUTOCAST_DTYPES[precision] if precision else (torch.bfloat16 if device.type == "cuda" else None)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def grad_scaler_for(spec, model, device):
+    """fp16 needs loss scaling; the scaler unscales float32 gradients only, so a trainable float16
+    parameter (a model loaded in fp16 and trained as it is) is refused here, not mid-step."""
+    if getattr(spec, "precision", None) != "fp16":
+        return None
+    half = [name for name, p in model.named_parameters() if p.requires_grad and p.dtype != torch.float32]
+    if half:
+        raise RuntimeError(f"precision='fp16' trains float32 parameters under float16 autocast, but "
+                           f"{len(half)} trainable parameters are not float32 (e.g. {half[0]!r}: "
+                           f"{dict(model.named_parameters())[half[0]].dtype}); GradScaler would fail with "
+                           f"'Attempting to unscale FP16 gradients'. Keep the trainable part in float32")
+    return torch.amp.GradScaler(device.type)
+
+
 def parallelize(model, spec, device, world: int):
     """Wrap ``model`` for ``world`` data-parallel ranks as ``spec.fsdp`` says (see the module
     docstring); (the module to call for training, autocast context, whether it is sharded).
@@ -308,12 +357,11 @@ def parallelize(model, spec, device, world: int):
     built afterwards; DDP wraps it and leaves ``model`` as it was.
     """
     cuda = device.type == "cuda"
-    bf16_autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     if world == 1 or spec.fsdp == "none":
         forward = torch.compile(model) if spec.compile else model
         if world > 1:
             forward = torch.nn.parallel.DistributedDataParallel(forward, device_ids=[device.index] if cuda else None)
-        return forward, bf16_autocast, False
+        return forward, autocast_for(spec, device), False
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -429,6 +477,13 @@ def _attributed(spec) -> bool:
     return getattr(spec, "method", "regular") == "graddotprod"
 
 
+def _hook(model, name: str, *args) -> None:
+    """A model's optional artifact hook (rank 0; see the module docstring)."""
+    hook = getattr(model, name, None)
+    if hook is not None:
+        hook(*args)
+
+
 def _train(spec, build_model, paths, plan, data, val_data, device, rank, world, on_step, progress) -> dict:
     torch.manual_seed(spec.seed)
     model = build_model(spec).to(device)
@@ -437,7 +492,8 @@ def _train(spec, build_model, paths, plan, data, val_data, device, rank, world, 
         raise RuntimeError(f"the model has {n_params} parameters but the spec counts {spec.total_params}")
     forward, autocast, sharded = parallelize(model, spec, device, world)
     optimizer = make_optimizer(spec, model, device)
-    start_step, elapsed_before, units_before = load_checkpoint(paths, spec, model, optimizer, sharded)
+    scaler = grad_scaler_for(spec, model, device)
+    start_step, elapsed_before, units_before = load_checkpoint(paths, spec, model, optimizer, sharded, scaler)
     progress["step"] = start_step
     attribution = (Attribution(spec, model, paths, data, val_data, rank, world, device, start_step)
                    if _attributed(spec) else None)
@@ -467,7 +523,11 @@ def _train(spec, build_model, paths, plan, data, val_data, device, rank, world, 
               + f") on {device}"
               + (f", resumed at step {start_step}" if start_step else ""), flush=True)
 
-    params = list(model.parameters())
+    params = [p for p in model.parameters() if p.requires_grad]
+    if hasattr(model, "on_start"):  # the base model's validation metrics, before any step
+        before = evaluate(model, data, spec, B, device, autocast, rank, world) if start_step == 0 else None
+        if rank == 0:
+            model.on_start(paths, start_step, before)
     interval_loss = torch.zeros((), device=device)
     loop_start = mark = time.perf_counter()
     logged_step, paused, data_wait = start_step, 0.0, 0.0  # since the previous row: paused = checkpoint writes
@@ -495,13 +555,19 @@ def _train(spec, build_model, paths, plan, data, val_data, device, rank, world, 
                 else:
                     with autocast:
                         loss = forward(*inputs) / A
-                    loss.backward()
+                    (loss if scaler is None else scaler.scale(loss)).backward()
             step_loss += loss.detach()
+        if scaler is not None:
+            scaler.unscale_(optimizer)  # clip and log the true gradient; a step with inf/nan is skipped
         if spec.grad_clip is not None:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
         elif log_now:
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        optimizer.step()
+        if scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer)
+            scaler.update()
         optimizer.zero_grad(set_to_none=True)
         if attribution is not None:
             attribution.end_step(step, lr)
@@ -535,6 +601,7 @@ def _train(spec, build_model, paths, plan, data, val_data, device, rank, world, 
             if step > timed_from:  # not a row of the compiling step alone
                 row.update(interval_metrics(step - timed_from, now - mark - paused, data_wait, timed_units,
                                             world, flops_per_token, peak_flops))
+                row["samples_per_s"] = round((step - timed_from) * effective / (now - mark - paused), 2)
             if evaluate_now and not diverged:
                 row.update(evaluate(model, data, spec, B, device, autocast, rank, world))
             if loss_name:
@@ -542,6 +609,8 @@ def _train(spec, build_model, paths, plan, data, val_data, device, rank, world, 
             row.update(peak_memory(device))
             if rank == 0:
                 csv_log.append(row)
+                if row.get("val_loss") is not None:
+                    _hook(model, "on_evaluation", paths, step, row)
                 print(f"{spec.run_name} step {step}/{total} loss {loss_value:.4f}"
                       + (f" val {row['val_loss']:.4f}" if row.get("val_loss") is not None else "")
                       + f" lr {lr:.3g}"
@@ -577,7 +646,7 @@ def _train(spec, build_model, paths, plan, data, val_data, device, rank, world, 
                 attribution.flush()
             state = training_state(model, optimizer, sharded)  # with FSDP a collective
             if rank == 0:
-                checkpoint = save_checkpoint(paths, spec, step, *state, elapsed, units_at_step)
+                checkpoint = save_checkpoint(paths, spec, step, *state, elapsed, units_at_step, scaler)
                 if signum is None:
                     write_status(paths, spec, "running", step, checkpoint=checkpoint.name)
                 else:
@@ -601,9 +670,10 @@ def _train(spec, build_model, paths, plan, data, val_data, device, rank, world, 
     if rank != 0:
         return {"state": "completed", "optimizer_step": total}
     if state is not None:
-        save_checkpoint(paths, spec, total, *state, elapsed, units_total)
+        save_checkpoint(paths, spec, total, *state, elapsed, units_total, scaler)
     csv_log.close()
     last = csv_log.rows[-1]
+    _hook(model, "on_end", paths, last)
     return write_status(paths, spec, "completed", total, val_loss=float(last["val_loss"]),
                         loss=float(last["loss"]), tokens_processed=int(last["tokens_processed"]),
                         elapsed_s=float(last["elapsed_s"]),

@@ -19,7 +19,8 @@ from orchestrator.spec import load_spec
 FINAL_STATES = ("completed", "diverged")  # a run in one of these is never trained again
 COLUMNS = ("optimizer_step", "tokens_processed", "loss", "val_loss", "learning_rate", "grad_norm",
            "theoretical_flops_chinchilla", "tokens_per_s", "elapsed_s", "tokens_per_s_per_gpu", "mfu",
-           "step_time_s", "data_wait_s", "peak_mem_allocated_gb", "peak_mem_reserved_gb", "peak_rss_gb", "ranks")
+           "step_time_s", "data_wait_s", "peak_mem_allocated_gb", "peak_mem_reserved_gb", "peak_rss_gb", "ranks",
+           "samples_per_s")
 
 
 class MetricsCSV:
