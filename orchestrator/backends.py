@@ -7,6 +7,8 @@
   the tasks a few at a time (``orchestrator.task.run_local_array``). The embedded default
   when no Slurm controller answers.
 - ``debug``: in this process, one task after the other, so breakpoints work.
+- ``kubernetes``: one Kubeflow PyTorchJob per experiment through the Kubernetes API
+  (``orchestrator.kubernetes``); ``auto`` picks it when every partition is a Kubernetes one.
 
 Both real backends run a code snapshot when given one (``code_dir``, see
 ``orchestrator.snapshot``): Slurm jobs through lines in the sbatch script, local jobs
@@ -29,7 +31,7 @@ from orchestrator.profiles import Profile
 from orchestrator.scheduler import SchedulerError
 from orchestrator.snapshot import pythonpath
 
-BACKENDS = ("auto", "slurm", "local", "debug")
+BACKENDS = ("auto", "slurm", "local", "kubernetes", "debug")
 SIGNAL_DELAY_S = 90  # --signal=USR2@90: the trainer's time to checkpoint before a time limit
 
 
@@ -46,6 +48,8 @@ def resolve_backend(name: str, partitions=()) -> tuple[str, str]:
     if name == "auto":
         if partitions and all(get_profile(p).backend == "local" for p in partitions):
             return "local", "auto: only local partitions"
+        if partitions and all(get_profile(p).backend == "kubernetes" for p in partitions):
+            return "kubernetes", "auto: only Kubernetes partitions"
         if not shutil.which("sbatch"):
             return "local", "auto: no sbatch on PATH"
         try:

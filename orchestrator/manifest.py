@@ -57,6 +57,7 @@ class ArrayRecord:
     job_id: str | None = None  # the array's id (slurm) or the runner's pid (local)
     max_requeues: int = 3
     code_dir: str | None = None  # the code snapshot the jobs run (None: the installed code)
+    namespace: str | None = None  # kubernetes: where its PyTorchJob is
 
     def task_job_id(self, task: TaskRecord) -> str:
         return task.job_id or f"{self.job_id}_{task.index}"
@@ -120,6 +121,7 @@ class Attempt:
     array_tasks: int
     identity: str
     job_id: str | None = None  # the task's job id; None until sbatch's answer is recorded
+    namespace: str | None = None  # kubernetes: where its PyTorchJob is
 
     @classmethod
     def of(cls, submission: Submission, number: int, task: TaskRecord) -> Attempt:
@@ -128,7 +130,7 @@ class Attempt:
         if array.job_id:
             job_id = array.task_job_id(task) if array.backend == "slurm" else array.job_id
         return cls(submission.registry, submission.id, submission.created, array.backend, array.name,
-                   array.log_folder, number, task.index, len(array.tasks), task.identity, job_id)
+                   array.log_folder, number, task.index, len(array.tasks), task.identity, job_id, array.namespace)
 
     @staticmethod
     def pointer(submission: Submission, number: int, task: TaskRecord) -> dict:

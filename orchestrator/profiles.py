@@ -2,7 +2,8 @@
 
 The shipped profiles are ``slurm_templates/<name>.yaml``; a user's
 ``<config dir>/profiles/<name>.yaml`` overrides keys of a shipped one or adds a new
-partition (see ``orchestrator.config``).
+partition (see ``orchestrator.config``). A ``kubernetes`` partition's profile also says where
+its pods run (``KubernetesSettings``); the manifests themselves are ``orchestrator.kubernetes``'s.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from orchestrator import config
 from orchestrator.errors import UsageError, unknown
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "slurm_templates"
-BACKENDS = ("slurm", "local")
+BACKENDS = ("slurm", "local", "kubernetes")
 GPU_REQUESTS = ("gres", "gpus_per_task", "none")
 # How a multi-GPU run of a built-in workload starts its ranks on Slurm. "srun": one task per GPU,
 # started and bound by Slurm (the default: each rank gets its GPU and CPUs from the scheduler, and
@@ -52,6 +53,36 @@ CPU_THROUGHPUT_FIELDS = tuple(f.name for f in dataclasses.fields(CpuThroughput))
 
 
 @dataclasses.dataclass(frozen=True)
+class KubernetesSettings:
+    """Where a ``kubernetes`` partition's pods run and what they see. Pass-through values
+    (``tolerations``, ``env``, ``annotations``) are checked by the manifest's validation
+    (``orchestrator.kubernetes.validate``), not here.
+
+    ``results_dir`` is the results root as the pods see it, on one of the ``volumes``: submit
+    writes each spec.json under this machine's results root, which must be that same
+    PersistentVolumeClaim (e.g. a workbench that mounts it), so paths under the one map to the
+    other.
+    """
+
+    namespace: str
+    image: str
+    results_dir: str
+    volumes: tuple  # ({"claim": PVC name, "mount": path, "read_only": bool, "sub_path": str|None}, ...)
+    gpu_resource: str | None = "nvidia.com/gpu"  # the extended resource a GPU is; None: no GPUs
+    image_pull_policy: str = "IfNotPresent"
+    service_account: str | None = None
+    env: dict = dataclasses.field(default_factory=dict)          # extra container environment
+    annotations: dict = dataclasses.field(default_factory=dict)  # on each pod (metrics scrapers, ...)
+    tolerations: tuple = ()  # e.g. OpenShift's GPU nodes' nvidia.com/gpu taint
+    kubernetes_version: str = "1.31"  # the cluster's, for validating pod templates
+
+
+KUBERNETES_FIELDS = tuple(f.name for f in dataclasses.fields(KubernetesSettings))
+KUBERNETES_REQUIRED = ("namespace", "image", "results_dir", "volumes")
+VOLUME_FIELDS = ("claim", "mount", "read_only", "sub_path")
+
+
+@dataclasses.dataclass(frozen=True)
 class Profile:
     name: str
     description: str
@@ -69,6 +100,7 @@ class Profile:
     log_dir: str | None  # where scheduler logs go; None: under the results root
     cpu_throughput: CpuThroughput | None = None  # measured CPU speed (local partitions); optional
     launcher: str = "srun"  # how a multi-GPU run starts its ranks (LAUNCHERS); optional
+    kubernetes: KubernetesSettings | None = None  # where the pods run (backend kubernetes only)
 
     @property
     def peak_flops_per_gpu(self) -> float:
@@ -76,7 +108,7 @@ class Profile:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(Profile) if f.name != "name")
-OPTIONAL_FIELDS = ("cpu_throughput", "launcher")
+OPTIONAL_FIELDS = ("cpu_throughput", "launcher", "kubernetes")
 
 
 def _shipped_dir() -> Path:
@@ -111,7 +143,60 @@ def _build(name: str, data: dict, sources: list[Path]) -> Profile:
         raise UsageError(f"profile {name!r}: log_dir must be a path or null, got {data['log_dir']!r}")
     if data.get("cpu_throughput") is not None:
         data = {**data, "cpu_throughput": _cpu_throughput(name, where, data["cpu_throughput"])}
+    if (data["backend"] == "kubernetes") != (data.get("kubernetes") is not None):
+        raise UsageError(f"profile {name!r} ({where}): a 'kubernetes' block goes with backend kubernetes, "
+                         f"and only there (backend is {data['backend']!r})")
+    if data.get("kubernetes") is not None:
+        data = {**data, "kubernetes": _kubernetes(name, where, data["kubernetes"])}
     return Profile(name=name, **data)
+
+
+def _kubernetes(name: str, where: str, value) -> KubernetesSettings:
+    def bad(key, what):
+        return UsageError(f"profile {name!r}: kubernetes.{key} must be {what}, got {value.get(key)!r}")
+
+    if not isinstance(value, dict):
+        raise UsageError(f"profile {name!r}: kubernetes must be a mapping of {', '.join(KUBERNETES_FIELDS)}, "
+                         f"got {value!r}")
+    for key in value:
+        if key not in KUBERNETES_FIELDS:
+            raise unknown(f"kubernetes key in {where}:", key, KUBERNETES_FIELDS)
+    missing = [k for k in KUBERNETES_REQUIRED if k not in value]
+    if missing:
+        raise UsageError(f"profile {name!r} ({where}): kubernetes is missing: {', '.join(missing)}")
+    for key in ("namespace", "image", "results_dir", "image_pull_policy", "kubernetes_version"):
+        if key in value and not (isinstance(value[key], str) and value[key].strip()):
+            raise bad(key, "a non-empty string")
+    for key in ("gpu_resource", "service_account"):
+        if value.get(key) is not None and not (isinstance(value[key], str) and value[key].strip()):
+            raise bad(key, "a non-empty string or null")
+    for key in ("env", "annotations"):  # YAML reads `true` and `8000` as a bool and an int: quote them
+        mapping = value.get(key) or {}
+        if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                    for k, v in mapping.items()):
+            raise bad(key, "a mapping of strings to strings (quote numbers and booleans)")
+    if not isinstance(value.get("tolerations") or [], list):
+        raise bad("tolerations", "a list of tolerations")
+    volumes = value["volumes"]
+    if not isinstance(volumes, list) or not volumes:
+        raise bad("volumes", "a list of {claim, mount, read_only, sub_path} mappings")
+    for volume in volumes:
+        if not isinstance(volume, dict) or any(k not in VOLUME_FIELDS for k in volume) \
+                or not isinstance(volume.get("claim"), str) or not str(volume.get("mount", "")).startswith("/") \
+                or not isinstance(volume.get("read_only", False), bool):
+            raise UsageError(f"profile {name!r}: each of kubernetes.volumes needs claim (a PVC name) and mount "
+                             f"(an absolute path), optionally read_only (true/false) and sub_path; got {volume!r}")
+    results_dir = value["results_dir"]
+    if not any(_under(results_dir, v["mount"]) and not v.get("read_only") for v in volumes):
+        raise bad("results_dir", "an absolute path under a writable mount of kubernetes.volumes "
+                                 f"({', '.join(v['mount'] for v in volumes)})")
+    return KubernetesSettings(**{**value, "volumes": tuple(volumes),
+                                 "tolerations": tuple(value.get("tolerations") or ()),
+                                 "env": value.get("env") or {}, "annotations": value.get("annotations") or {}})
+
+
+def _under(path: str, mount: str) -> bool:
+    return path.startswith("/") and (path.rstrip("/") + "/").startswith(mount.rstrip("/") + "/")
 
 
 def _cpu_throughput(name: str, where: str, value) -> CpuThroughput:
@@ -144,7 +229,11 @@ def _load_all(config_dir: Path) -> dict[str, Profile]:
             continue
         for path in sorted(directory.glob("*.yaml")):
             data, sources = raw.get(path.stem, ({}, []))
-            raw[path.stem] = ({**data, **config.read_yaml(path)}, sources + [path])
+            override = config.read_yaml(path)
+            if isinstance(data.get("kubernetes"), dict) and isinstance(override.get("kubernetes"), dict):
+                # a user's namespace or image replaces that key, not the shipped block
+                override = {**override, "kubernetes": {**data["kubernetes"], **override["kubernetes"]}}
+            raw[path.stem] = ({**data, **override}, sources + [path])
     return {name: _build(name, data, sources) for name, (data, sources) in raw.items()}
 
 

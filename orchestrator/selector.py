@@ -2,6 +2,7 @@
 
     REGISTRY      every experiment of a registry            TRANSFORMER_SCALING
     JOBID         the experiments of a job array or task    1234, 1234_7
+                  (on Kubernetes: a PyTorchJob's name)      orch-20260501t100000-a1b2c3-0
     LABEL-GLOB    experiments whose label (or folder/label) matches, in submitted registries
     (nothing)     every registry that has been submitted
 
@@ -22,6 +23,7 @@ from orchestrator.registry import all_registries, check_duplicates
 from orchestrator.spec import ExperimentSpec
 
 JOB_ID = re.compile(r"^\d+(_\d+)?$")
+PYTORCHJOB = re.compile(r"^orch-[0-9a-z-]+$")  # orchestrator.kubernetes.job_name
 
 
 def select(selector: str | None, extra_modules=()) -> dict[str, list[ExperimentSpec]]:
@@ -34,7 +36,7 @@ def select(selector: str | None, extra_modules=()) -> dict[str, list[ExperimentS
     submitted = sorted({s.registry for s in submissions if s.registry in registries})
     if selector is None:
         return {name: registries[name] for name in submitted}
-    if JOB_ID.match(selector):
+    if JOB_ID.match(selector) or PYTORCHJOB.match(selector):
         wanted: dict[str, set[str]] = {}
         array_id, _, index = selector.partition("_")
         for submission in submissions:

@@ -6,6 +6,9 @@ registry, the metrics CSV), the submission records (the registry's own, and thos
 directories point at, for the job ids), and one scheduler query for every registry asked
 about.
 
+Kubernetes (``orchestrator.kubernetes``): one list call per namespace for every PyTorchJob
+of the submissions asked about, mapped from the job's conditions; the same precedence.
+
 Precedence: a completed run on disk is completed whatever the scheduler says; a live
 attempt (queued, running, requeued, or holding the run's claim) comes next; then how the
 job ended, read from the run directory first and sacct second; a job the scheduler no
@@ -171,7 +174,8 @@ def _latest_attempts(submissions: list[manifest.Submission]) -> dict[str, Attemp
     latest: dict[str, Attempt] = {}
     for submission in submissions:
         for number, array in enumerate(submission.arrays):
-            if not submission.holds(number) or (submission.state == "submitting" and array.backend != "slurm"):
+            if not submission.holds(number) or (submission.state == "submitting"
+                                                 and array.backend not in ("slurm", "kubernetes")):
                 continue
             for task in array.tasks:
                 latest[task.identity] = Attempt.of(submission, number, task)
@@ -195,8 +199,10 @@ def experiment_states_of(selected: dict[str, list[ExperimentSpec]],
         own = _latest_attempts(records)
         runs[registry] = [_read_run(spec, root, folders, own.get(spec.identity), known) for spec in specs]
 
-    arrays, names = set(), set()
+    arrays, names, pytorchjobs = set(), set(), []
     for run in (r for group in runs.values() for r in group):
+        if run.attempt and run.attempt.backend == "kubernetes":
+            pytorchjobs.append(run.attempt)
         if run.attempt and run.attempt.backend == "slurm":
             names.add(run.attempt.name)
             if run.attempt.job_id:
@@ -208,7 +214,12 @@ def experiment_states_of(selected: dict[str, list[ExperimentSpec]],
         note_once(f"sacct cannot answer ({view.accounting_error}): states come from squeue and the run "
                   "directories; how a job that left the queue ended is read from its run directory only")
     running_jobs = {job for job, info in view.queued.items() if info.state == "running"} if names else None
-    return {registry: [_state(run, view, running_jobs) for run in group] for registry, group in runs.items()}
+    if pytorchjobs:
+        from orchestrator import kubernetes
+
+        pytorchjobs = kubernetes.query(pytorchjobs)
+    return {registry: [_state(run, view, running_jobs, pytorchjobs or {}) for run in group]
+            for registry, group in runs.items()}
 
 
 def experiment_states(specs: list[ExperimentSpec], submissions: list[manifest.Submission]) -> list[ExperimentStatus]:
@@ -216,7 +227,7 @@ def experiment_states(specs: list[ExperimentSpec], submissions: list[manifest.Su
     return experiment_states_of({"": specs}, {"": submissions})[""]
 
 
-def _state(run: _Run, view: scheduler.View, running_jobs: set[str] | None) -> ExperimentStatus:
+def _state(run: _Run, view: scheduler.View, running_jobs: set[str] | None, pytorchjobs: dict) -> ExperimentStatus:
     spec, status, attempt = run.spec, run.status, run.attempt
     on_disk = disk_state(spec, status)
     entry = ExperimentStatus(spec=spec, state="not submitted")
@@ -227,6 +238,10 @@ def _state(run: _Run, view: scheduler.View, running_jobs: set[str] | None) -> Ex
         entry.job_id, entry.attempt = attempt.job_id, attempt
         if attempt.backend == "slurm":
             entry.state = _slurm_state(entry, attempt, view, on_disk, status)
+        elif attempt.backend == "kubernetes":
+            from orchestrator import kubernetes
+
+            entry.state = kubernetes.state_of(entry, attempt, pytorchjobs, on_disk)
         else:
             entry.state = _local_state(attempt, on_disk)
 

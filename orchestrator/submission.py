@@ -7,7 +7,9 @@ plan():    check every experiment against its partition (memory planner, the nod
            arrays no larger than the cluster's MaxArraySize.
 execute(): under the submit lock, snapshot the code, write every spec JSON, record the
            submission, call sbatch once per array (held), record the job ids, point each
-           run directory at its attempt, release the arrays.
+           run directory at its attempt, release the arrays. On Kubernetes each experiment
+           is an array of one, created as a PyTorchJob (``orchestrator.kubernetes``); its
+           manifests are written next to the snapshot, as a dry run writes them (``draft``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import os
 import shutil
 from pathlib import Path
 
-from orchestrator import claim, manifest, scheduler
+from orchestrator import claim, kubernetes, manifest, scheduler
 from orchestrator.backends import (SIGNAL_DELAY_S, code_environment, default_parallel, detached_children,
                                    make_executor)
 from orchestrator.errors import UsageError
@@ -138,6 +140,8 @@ def plan(registry: str, specs: list[ExperimentSpec], backend: str, policy: Polic
         if decision.action == "submit":
             groups.setdefault(tuple(resources(decision.spec).values()), []).append(decision.spec)
     chunk = (max_array_size or scheduler.max_array_size()) if backend == "slurm" and groups else None
+    if backend == "kubernetes":
+        chunk = 1  # a PyTorchJob per experiment: a job has no array index
     arrays = []
     for group in groups.values():
         for start in range(0, len(group), chunk or len(group)):
@@ -156,9 +160,10 @@ def check_experiments(specs: list[ExperimentSpec], backend: str, nodes: bool = T
     profiles = {}
     for spec in specs:
         profile = profiles.get(spec.partition) or profiles.setdefault(spec.partition, get_profile(spec.partition))
-        if backend == "slurm" and profile.backend != "slurm":
-            raise UsageError(f"{spec.run_name} is for partition {spec.partition!r}, which is not a Slurm "
-                             "partition; use --backend local")
+        if backend in ("slurm", "kubernetes") and profile.backend != backend:
+            which = "a Slurm" if backend == "slurm" else "a Kubernetes"
+            raise UsageError(f"{spec.run_name} is for partition {spec.partition!r}, which is not {which} "
+                             f"partition; use --backend {profile.backend}")
         if type(spec).trains_in_process:  # a command plans its own batches
             plan_batch(spec, profile)  # does not fit its GPU even at batch 1: UsageError naming the memory
     if backend != "slurm":
@@ -189,10 +194,11 @@ def archive_outputs(spec: ExperimentSpec) -> Path | None:
     return target
 
 
-def execute(plan: Plan) -> manifest.Submission:
-    # jobs find their results wherever they run, whatever their working directory
+def draft(plan: Plan) -> manifest.Submission:
+    """The submission ``execute`` records, not saved: its id, job names, log folders, spec
+    paths and the snapshot's place (taken by ``execute``). A Kubernetes dry run writes its
+    manifests from it."""
     root = str(results_root().resolve())
-    os.environ["ORCHESTRATOR_RESULTS_DIR"] = root
     records = []
     for array in plan.arrays:
         tasks = [manifest.TaskRecord(index, spec.identity, spec.label, spec.folder_name,
@@ -203,16 +209,29 @@ def execute(plan: Plan) -> manifest.Submission:
                                             max_requeues=plan.max_requeues))
     submission = manifest.new_submission(plan.registry, records)
     for number, record in enumerate(records):
+        profile = get_profile(record.resources["partition"])
         record.name = f"orch-{plan.registry}-{submission.id}-{number}"
-        log_root = get_profile(record.resources["partition"]).log_dir
-        log_root = Path(log_root).expanduser() if log_root else results_root() / "_submitit"
+        if plan.backend == "kubernetes":  # the PyTorchJob's name: a DNS label, so no registry name in it
+            record.name, record.namespace = kubernetes.job_name(submission.id, number), profile.kubernetes.namespace
+        log_root = Path(profile.log_dir).expanduser() if profile.log_dir else results_root() / "_submitit"
         record.log_folder = str((log_root / plan.registry / submission.id / str(number)).resolve())
-    if plan.snapshot and plan.backend in ("slurm", "local"):
+    if plan.snapshot and plan.backend in ("slurm", "local", "kubernetes") and records:
+        for record in records:
+            record.code_dir = str(submission.folder / "code")
+    return submission
+
+
+def execute(plan: Plan) -> manifest.Submission:
+    # jobs find their results wherever they run, whatever their working directory
+    os.environ["ORCHESTRATOR_RESULTS_DIR"] = str(results_root().resolve())
+    submission = draft(plan)
+    records = submission.arrays
+    # built and validated before anything is written: a bad manifest is one line, nothing left behind
+    jobs = kubernetes.manifests(plan, submission) if plan.backend == "kubernetes" else []
+    if records and records[0].code_dir:
         from orchestrator import snapshot
 
-        code_dir = str(snapshot.take(submission.folder / "code", plan.registry_modules))
-        for record in records:
-            record.code_dir = code_dir
+        snapshot.take(Path(records[0].code_dir), plan.registry_modules)
     fresh = {d.spec.identity for d in plan.decisions if d.fresh_start}
     for number, (array, record) in enumerate(zip(plan.arrays, records)):
         for spec, task in zip(array.specs, record.tasks):
@@ -225,10 +244,11 @@ def execute(plan: Plan) -> manifest.Submission:
             # the spec the job runs, and which submission runs it (what other registries see)
             create_or_replace_json(task.spec_path, {"spec": spec.to_dict(),
                                                     "submission": manifest.Attempt.pointer(submission, number, task)})
+    kubernetes.write(submission, jobs)
     submission.save()  # before sbatch: a crash from here on is repaired by name
     try:
-        for record in records:  # a crash in here is repaired by name: no save per array needed
-            record.job_id = _submit_array(plan, record)
+        for number, record in enumerate(records):  # a crash in here is repaired by name: no save per array
+            record.job_id = kubernetes.create(jobs[number]) if jobs else _submit_array(plan, record)
     except SchedulerError:
         if not any(r.job_id for r in records):  # nothing reached the scheduler: no record claims a submission
             submission.path.unlink(missing_ok=True)
@@ -298,6 +318,12 @@ def repair_unrecorded(registry: str) -> list[str]:
     for submission in manifest.load_submissions(registry):
         if submission.state != "submitting":
             continue
+        unrecorded = [r for r in submission.arrays if r.job_id is None and r.backend == "kubernetes"]
+        # created or not: the job names were decided before the record was saved
+        created = {job["metadata"]["name"] for namespace in {r.namespace for r in unrecorded}
+                   for job in kubernetes.list_jobs(namespace, [submission.id])}
+        for record in unrecorded:
+            record.job_id = record.name if record.name in created else None
         for record in submission.arrays:
             if record.job_id is None and record.backend == "slurm":
                 found = scheduler.find_jobs_by_name(record.name)

@@ -71,9 +71,9 @@ class TrainTask(submitit.helpers.Checkpointable):
         if handler is not None and delayed is not None and timed_out is not None:
             handler.has_timed_out = lambda: timed_out
             if timed_out and delayed._timeout_countdown <= 0 and submitit.JobEnvironment().global_rank == 0:
-                _mark(spec_path, "timeout", f"reached its time limit ({limit}) with no requeue left "
-                                            f"(--max-requeues {self.max_requeues}); `retry` resumes from its "
-                                            f"checkpoint at step {step}")
+                mark(spec_path, "timeout", f"reached its time limit ({limit}) with no requeue left "
+                                           f"(--max-requeues {self.max_requeues}); `retry` resumes from its "
+                                           f"checkpoint at step {step}")
         submitit_handler(signal.SIGUSR2, None)  # requeues and exits, or raises UncompletedJobError
 
     def checkpoint(self, spec_path: str):
@@ -128,7 +128,7 @@ def _start(spec_path: str, threads: int) -> tuple[list[subprocess.Popen], int]:
     return processes, spec.gpus
 
 
-def _mark(spec_path: str, state: str, error: str) -> None:
+def mark(spec_path: str, state: str, error: str) -> None:
     """Record how a task ended when its trainer could not (killed, cancelled before it started,
     out of requeues). Never over a final state, nor while another live attempt holds the run."""
     spec = load_spec(spec_path)
@@ -175,7 +175,7 @@ def run_local_array(spec_paths: list[str], parallel: int, max_requeues: int = DE
                 codes[path] = code
                 if code:
                     how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
-                    _mark(path, "failed", f"trainer ended with {how}")
+                    mark(path, "failed", f"trainer ended with {how}")
     finally:
         for processes in running.values():  # cancelled: let trainers checkpoint, then stop
             for process in processes:
@@ -187,7 +187,7 @@ def run_local_array(spec_paths: list[str], parallel: int, max_requeues: int = DE
                     process.wait(timeout=60)
                 except subprocess.TimeoutExpired:
                     process.kill()
-            _mark(path, "cancelled", "cancelled while running")
+            mark(path, "cancelled", "cancelled while running")
         for path in waiting:
-            _mark(path, "cancelled", "cancelled before it started")
+            mark(path, "cancelled", "cancelled before it started")
     return codes

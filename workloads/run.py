@@ -16,6 +16,10 @@ task holding all the GPUs: a profile's ``launcher: torchrun``) and supervises th
 Under torchrun (``WORLD_SIZE`` > 1) the process group is initialised here (NCCL on GPUs,
 gloo on CPUs) unless the caller already did. On a CPU, torch uses ``cpus_per_gpu`` threads
 unless ``OMP_NUM_THREADS`` says otherwise.
+
+In a Kubeflow PyTorchJob pod with ``nprocPerNode`` > 1 (``orchestrator.kubernetes``), the training
+operator sets WORLD_SIZE to every rank of the job and RANK to the pod's, for ranks nobody has
+started yet: ``main`` sees that (``pytorchjob_ranks``) and starts them with ``run_torchrun``.
 """
 
 from __future__ import annotations
@@ -151,6 +155,17 @@ def _init_distributed() -> bool:
     return True
 
 
+def pytorchjob_ranks(spec, environ=None) -> int:
+    """The ranks this process must start itself: a PyTorchJob's PET_NPROC_PER_NODE when the
+    training operator started this pod's process and torchrun has not yet (torchrun gives each
+    rank a LOCAL_RANK; the operator never does); 0 otherwise."""
+    environ = os.environ if environ is None else environ
+    wanted = environ.get("PET_NPROC_PER_NODE", "")
+    if not wanted.isdigit() or int(wanted) < 2 or "LOCAL_RANK" in environ or not type(spec).process_per_gpu:
+        return 0
+    return int(wanted)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workloads.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("spec_json", type=Path, help="the spec, as written by spec.to_dict() (or under a 'spec' key)")
@@ -158,14 +173,17 @@ def main(argv=None) -> int:
                         help="results root (default: $ORCHESTRATOR_RESULTS_DIR or ./results)")
     args = parser.parse_args(argv)
     try:
-        status = run(args.spec_json, root=args.results_dir)
+        if pytorchjob_ranks(load_spec(args.spec_json)):
+            status = run_torchrun(args.spec_json, root=args.results_dir)
+        else:
+            status = run(args.spec_json, root=args.results_dir)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except interrupt.RunInterrupted as exc:
         print(exc, file=sys.stderr)
         return interrupt.EXIT_REQUEUE
-    print(f"{status['run'] if 'run' in status else args.spec_json}: {status['state']}")
+    print(f"{status['run'] if 'run' in status else args.spec_json}: {status.get('state', 'ended')}")
     return 0
 
 

@@ -17,15 +17,16 @@ from orchestrator import fmt
 from orchestrator.profiles import DEFAULT_MAX_REQUEUES
 from orchestrator.commands import analyze, submit
 
-REFRESH_S = {"slurm": 30.0, "local": 2.0, "debug": 0.0}
+REFRESH_S = {"slurm": 30.0, "kubernetes": 30.0, "local": 2.0, "debug": 0.0}
 PROGRESS_LINE_S = 30.0  # under a pipe or in a log: at least this often, and whenever a run finishes
 
 
 def add_arguments(parser) -> None:
     parser._negative_number_matcher = analyze.NEGATIVE_NUMBER  # --budget -1e15 is a value, not a flag
     parser.add_argument("registry", nargs="?", help="registry name, e.g. QUICKSTART")
-    parser.add_argument("--backend", default="auto", choices=("auto", "slurm", "local"),
-                        help="auto: slurm when a partition needs it and a Slurm controller answers, else local")
+    parser.add_argument("--backend", default="auto", choices=("auto", "slurm", "local", "kubernetes"),
+                        help="auto: kubernetes for Kubernetes partitions; slurm when a partition needs it and a "
+                             "Slurm controller answers; else local")
     parser.add_argument("--parallel", type=int, default=None, metavar="K", help="run at most K tasks at once")
     parser.add_argument("--budget", nargs="+", action="extend", default=[], metavar="FLOPS",
                         help="FLOP budgets for the compute-optimal prediction (default: the study's largest, x10, x100)")
@@ -209,7 +210,7 @@ def _run(args) -> int:
     except KeyboardInterrupt:
         console = fmt.console()
         if plan.backend == "local":
-            _, pids, count = cancel.targets({registry: specs})
+            _, pids, count, _ = cancel.targets({registry: specs})
             cancel.stop_local(pids)
             console.print(f"\nstopped {count} runs; they saved checkpoints. Run the same command again to continue.")
         else:

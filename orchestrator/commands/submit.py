@@ -30,14 +30,16 @@ def add_submit_options(parser) -> None:
     parser.add_argument("--parallel", type=int, default=None, metavar="K",
                         help="run at most K tasks of an array at once (the array's %%K)")
     parser.add_argument("--backend", default="auto", choices=BACKENDS,
-                        help="auto: slurm when sbatch is on PATH and its controller answers, else local")
+                        help="auto: kubernetes for Kubernetes partitions; slurm when sbatch is on PATH and its "
+                             "controller answers; else local")
     parser.add_argument("--max-requeues", type=int, default=3,
                         help="requeues after a time limit before a run counts as timed out (preemptions "
                              "do not count)")
     parser.add_argument("--no-snapshot", action="store_true",
                         help="run the installed code, not a copy taken at submit time (edits then reach "
                              "pending jobs)")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing (on Kubernetes: "
+                        "write the PyTorchJob manifests, no cluster needed)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -68,11 +70,15 @@ def submit_specs(args, registry: str, specs, policy):
             raise
         # a laptop may print the exact #SBATCH lines; what only the cluster knows goes unchecked
         backend, why, cluster = "slurm", f"requested; dry run without a cluster ({exc}): node limits unchecked", False
-    gpu_partitions = sorted(p for p in partitions if get_profile(p).backend == "slurm")
+    gpu_partitions = sorted(p for p in partitions if get_profile(p).backend != "local")
     if backend == "local" and gpu_partitions:
         print(f"warning: {registry} is written for {', '.join(gpu_partitions)}, and runs on this machine's CPU "
               f"with the local backend ({why})", file=sys.stderr)
     submission.check_experiments(specs, backend, nodes=cluster)  # refused before anything is written
+    if backend == "kubernetes" and not args.dry_run:
+        from orchestrator import kubernetes
+
+        kubernetes.configuration()  # no kube config: one line, before anything is written
     lock = contextlib.nullcontext() if args.dry_run else manifest.submit_lock()  # a dry run writes nothing
     with lock:
         repaired = submission.repair_unrecorded(registry) if not args.dry_run else []
@@ -81,7 +87,16 @@ def submit_specs(args, registry: str, specs, policy):
                                registry_modules=config.registry_modules() + list(args.registry_module),
                                check=False, max_array_size=None if cluster else scheduler.DEFAULT_MAX_ARRAY_SIZE)
         done = None if args.dry_run or not plan.arrays else submission.execute(plan)
-    report(args, plan, done, repaired, why)
+    written = []
+    if plan.backend == "kubernetes" and plan.arrays:
+        from orchestrator import kubernetes
+
+        if args.dry_run:  # what a submit would send, from the same draft: no cluster needed
+            draft = submission.draft(plan)
+            written = kubernetes.write(draft, kubernetes.manifests(plan, draft))
+        else:
+            written = [kubernetes.manifest_path(done, record.name) for record in done.arrays]
+    report(args, plan, done, repaired, why, written)
     return plan
 
 
@@ -89,6 +104,10 @@ def _sbatch_flags(plan, array) -> str:
     from orchestrator.backends import sbatch_script
     from orchestrator.profiles import get_profile
 
+    if plan.backend == "kubernetes":
+        profile = get_profile(array.resources["partition"])
+        nproc = array.resources["gpus"] if type(array.specs[0]).process_per_gpu else 1
+        return f"namespace {profile.kubernetes.namespace}, nprocPerNode {nproc}"
     if plan.backend != "slurm":
         return f"{plan.backend} backend, {array.parallel} at a time"
     script = sbatch_script(get_profile(array.resources["partition"]), array.resources, array.parallel, "<name>",
@@ -98,7 +117,7 @@ def _sbatch_flags(plan, array) -> str:
                     if line.startswith("#SBATCH") and not line.split()[1].startswith(skip))
 
 
-def report(args, plan, submission, repaired, why="") -> None:
+def report(args, plan, submission, repaired, why="", manifests=()) -> None:
     counts = {action: plan.count(action) for action in ("submit", "completed", "active", "failed", "over limit")}
     arrays = [{"job_id": record.job_id, "tasks": len(record.tasks), "resources": record.resources,
                "parallel": record.parallel} for record in (submission.arrays if submission else [])]
@@ -107,8 +126,11 @@ def report(args, plan, submission, repaired, why="") -> None:
                           "counts": counts, "arrays": arrays or [
                               {"tasks": len(a.specs), "resources": a.resources, "parallel": a.parallel,
                                "sbatch": _sbatch_flags(plan, a)} for a in plan.arrays],
-                          "submission": submission.id if submission else None, "repaired": repaired}, indent=2))
+                          "submission": submission.id if submission else None, "repaired": repaired,
+                          **({"manifests": [str(p) for p in manifests]} if manifests else {})}, indent=2))
         return
+    from rich.markup import escape  # a PyTorchJob's name in brackets reads as a style tag
+
     console = fmt.console()
     for line in repaired:
         console.print(f"[yellow]repaired an interrupted submission[/yellow] {line}")
@@ -116,17 +138,24 @@ def report(args, plan, submission, repaired, why="") -> None:
         from rich.table import Table
 
         table = Table(title=f"{plan.registry}: plan ({plan.backend} backend, nothing submitted)")
-        for column in ("array", "tasks", "resources", "sbatch", "first labels"):
+        how = "PyTorchJob" if plan.backend == "kubernetes" else "sbatch"
+        for column in ("array", "tasks", "resources", how, "first labels"):
             table.add_column(column)
         for number, array in enumerate(plan.arrays):
             labels = ", ".join(s.label for s in array.specs[:3]) + (" ..." if len(array.specs) > 3 else "")
             table.add_row(str(number), str(len(array.specs)), array.signature, _sbatch_flags(plan, array), labels)
         console.print(table)
     verb = "would submit" if args.dry_run else "submitted"
-    jobs = ", ".join(f"{a['job_id']} ({_plural(a['tasks'], 'task')})" for a in arrays)
-    console.print(f"{plan.registry}: {verb} {_plural(counts['submit'], 'experiment')} in "
-                  f"{_plural(len(plan.arrays), 'array')}"
-                  + (f" [{jobs}]" if jobs else "") + f" on the {plan.backend} backend ({why})")
+    kubernetes = plan.backend == "kubernetes"
+    jobs = ", ".join(a["job_id"] if kubernetes else f"{a['job_id']} ({_plural(a['tasks'], 'task')})"
+                     for a in arrays)
+    console.print(f"{plan.registry}: {verb} {_plural(counts['submit'], 'experiment')} "
+                  + (f"as {_plural(len(plan.arrays), 'PyTorchJob')}" if kubernetes
+                     else f"in {_plural(len(plan.arrays), 'array')}")
+                  + (" " + escape(f"[{jobs}]") if jobs else "") + f" on the {plan.backend} backend ({why})")
+    if manifests:
+        console.print(f"{'wrote' if args.dry_run else 'sent'} {_plural(len(manifests), 'manifest')}:",
+                      *(str(p) for p in manifests), sep="\n  ", soft_wrap=True)
     skipped = [f"{counts[k]} {k}" for k in ("completed", "active", "over limit") if counts[k]]
     if skipped:
         console.print("skipped: " + ", ".join(skipped).replace("active", "already queued or running"))
