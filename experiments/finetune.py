@@ -44,3 +44,11 @@ FINETUNE_CPU = (
                            prompt_template=LYRICS_TEMPLATE, train_last_n_layers=2, learning_rate=2e-3,
                            train_samples=16 * 60, eval_interval_steps=15)
 )
+
+# the same run as the lab deploys it: a Kubeflow PyTorchJob on OpenShift AI (one L4), the lyrics and
+# the model cache on the profile's PVCs (`submit PYTHIA_410M_LAST2_FP16_OPENSHIFT --backend kubernetes`)
+PYTHIA_410M_LAST2_FP16_OPENSHIFT = [
+    spec.replace(partition="openshift", folder_name="finetune_openshift", time_min=1440,
+                 dataset=os.environ.get("LYRICS_PVC_ROOT", "/data/lyrics"))
+    for spec in PYTHIA_410M_LAST2_FP16
+]

@@ -68,8 +68,11 @@ def estimate_memory(spec: ExperimentSpec, profile: Profile) -> MemoryEstimate:
     dtype_bytes = 4 if on_cpu else 2  # fp32 on CPU, bf16 autocast on GPUs
     per_param = BYTES_PER_PARAM_CPU if on_cpu else BYTES_PER_PARAM_GPU
     overhead = 0.0 if on_cpu else FRAMEWORK_OVERHEAD_GB
+    # frozen parameters (a fine-tune) are held in the training precision, with no gradient or Adam state
+    trainable = getattr(spec, "trainable_params", spec.total_params)
+    frozen_bytes = (spec.total_params - trainable) * dtype_bytes
     return MemoryEstimate(
-        static_gb=spec.total_params * per_param / GB + overhead,
+        static_gb=(trainable * per_param + frozen_bytes) / GB + overhead,
         per_sample_gb=spec.activation_bytes_per_sample(dtype_bytes) / GB,
     )
 

@@ -22,7 +22,7 @@ import os
 import shutil
 from pathlib import Path
 
-from orchestrator import claim, kubernetes, manifest, scheduler
+from orchestrator import claim, dependencies, kubernetes, manifest, scheduler
 from orchestrator.backends import (SIGNAL_DELAY_S, code_environment, default_parallel, detached_children,
                                    make_executor)
 from orchestrator.errors import UsageError
@@ -56,8 +56,9 @@ class Policy:
 class Decision:
     spec: ExperimentSpec
     state: str
-    action: str  # submit | completed | active | failed | over limit
+    action: str  # submit | completed | active | failed | over limit | blocked
     fresh_start: bool = False  # archive the old outputs first (forced rerun, diverged)
+    reason: str = ""  # why it is blocked (orchestrator.dependencies)
 
 
 @dataclasses.dataclass
@@ -65,6 +66,7 @@ class PlannedArray:
     resources: dict
     specs: list[ExperimentSpec]
     parallel: int
+    needs: tuple = ()  # run names submitted in earlier arrays of this plan that its specs start from
 
     @property
     def signature(self) -> str:
@@ -135,10 +137,13 @@ def plan(registry: str, specs: list[ExperimentSpec], backend: str, policy: Polic
                              f"({status.spec.run_name}); give this experiment another label or folder")
         decisions.append(Decision(status.spec, state, action, fresh))
 
+    _block_dependents(decisions)
+    submitted = [d.spec for d in decisions if d.action == "submit"]
+    wave = dependencies.waves(submitted)
+    names = {spec.run_name for spec in submitted}
     groups: dict[tuple, list[ExperimentSpec]] = {}
-    for decision in decisions:
-        if decision.action == "submit":
-            groups.setdefault(tuple(resources(decision.spec).values()), []).append(decision.spec)
+    for spec in sorted(submitted, key=lambda spec: wave[spec.identity]):  # stable: registry order in a wave
+        groups.setdefault((wave[spec.identity], *resources(spec).values()), []).append(spec)
     chunk = (max_array_size or scheduler.max_array_size()) if backend == "slurm" and groups else None
     if backend == "kubernetes":
         chunk = 1  # a PyTorchJob per experiment: a job has no array index
@@ -146,8 +151,24 @@ def plan(registry: str, specs: list[ExperimentSpec], backend: str, policy: Polic
     for group in groups.values():
         for start in range(0, len(group), chunk or len(group)):
             part = group[start:start + chunk] if chunk else group
-            arrays.append(PlannedArray(resources(part[0]), part, parallel or default_parallel(backend) or len(part)))
+            needs = tuple(sorted({name for spec in part for name in spec.dependencies() if name in names}))
+            arrays.append(PlannedArray(resources(part[0]), part, parallel or default_parallel(backend) or len(part),
+                                       needs))
     return Plan(registry, backend, decisions, arrays, max_requeues, snapshot, tuple(registry_modules))
+
+
+def _block_dependents(decisions: list[Decision]) -> None:
+    """An experiment whose base is neither completed nor submitted now is not submitted either
+    (until nothing changes: a blocked one blocks its own dependents)."""
+    by_run = {d.spec.run_name: d for d in decisions}
+    changed = True
+    while changed:
+        changed = False
+        for decision in decisions:
+            if decision.action == "submit":
+                reason = dependencies.blocked_reason(decision.spec, by_run)
+                if reason:
+                    decision.action, decision.reason, changed = "blocked", reason, True
 
 
 def spec_dir(spec: ExperimentSpec) -> Path:
@@ -248,7 +269,8 @@ def execute(plan: Plan) -> manifest.Submission:
     submission.save()  # before sbatch: a crash from here on is repaired by name
     try:
         for number, record in enumerate(records):  # a crash in here is repaired by name: no save per array
-            record.job_id = kubernetes.create(jobs[number]) if jobs else _submit_array(plan, record)
+            after = _afterok(plan.arrays[number], records[:number])
+            record.job_id = kubernetes.create(jobs[number]) if jobs else _submit_array(plan, record, after)
     except SchedulerError:
         if not any(r.job_id for r in records):  # nothing reached the scheduler: no record claims a submission
             submission.path.unlink(missing_ok=True)
@@ -266,7 +288,16 @@ def _finish(submission: manifest.Submission, finished_ok: bool = False) -> None:
     scheduler.release((r.job_id for r in submission.arrays if r.backend == "slurm" and r.job_id), finished_ok)
 
 
-def _submit_array(plan: Plan, record: manifest.ArrayRecord) -> str:
+def _afterok(array: PlannedArray, earlier: list[manifest.ArrayRecord]) -> str | None:
+    """Slurm's ``--dependency`` for an array whose specs start from runs of earlier arrays: the
+    job ids of exactly those tasks."""
+    if not array.needs:
+        return None
+    ids = {f"{t.folder_name}/{t.label}": t.job_id or f"{r.job_id}_{t.index}" for r in earlier for t in r.tasks}
+    return "afterok:" + ":".join(ids[name] for name in array.needs)
+
+
+def _submit_array(plan: Plan, record: manifest.ArrayRecord, after: str | None = None) -> str:
     from orchestrator.task import TrainTask, run_local_array
 
     spec_paths = [task.spec_path for task in record.tasks]
@@ -286,6 +317,9 @@ def _submit_array(plan: Plan, record: manifest.ArrayRecord) -> str:
 
     executor = make_executor("slurm", record.log_folder, profile, record.resources, record.parallel,
                              record.name, plan.max_requeues, code_dir)
+    if after:  # starts once its base runs completed; cancelled by Slurm if one of them fails
+        extra = executor.parameters.get("additional_parameters") or {}
+        executor.update_parameters(dependency=after, additional_parameters={**extra, "kill-on-invalid-dep": "yes"})
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # submitit echoes sbatch's stderr; we say it once
             jobs = executor.map_array(TrainTask(plan.max_requeues), spec_paths)

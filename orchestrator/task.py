@@ -143,6 +143,22 @@ def mark(spec_path: str, state: str, error: str) -> None:
     atomic_write_json(paths.status_json, {**status, "state": state, "identity": spec.identity, "error": error})
 
 
+def _dependencies_ready(spec_path: str) -> bool | str:
+    """True when every run the spec starts from has completed, False while one is still going,
+    or why it will never start (a base run that failed)."""
+    from orchestrator.dependencies import DependencyFailed, wait_for
+    from orchestrator.spec import load_spec
+
+    needs = load_spec(spec_path).dependencies()
+    try:
+        wait_for(needs, poll_s=0, once=True)
+    except DependencyFailed as exc:
+        return f"not run: {exc}"
+    except TimeoutError:
+        return False
+    return True
+
+
 def run_local_array(spec_paths: list[str], parallel: int, max_requeues: int = DEFAULT_MAX_REQUEUES) -> dict:
     """Run every task, at most ``parallel`` CPU-processes at once; returns exit codes by spec path."""
     waiting = list(spec_paths)
@@ -158,8 +174,17 @@ def run_local_array(spec_paths: list[str], parallel: int, max_requeues: int = DE
     try:
         while (waiting or running) and not stopping:
             busy = sum(slots[path] for path in running)
-            while waiting and busy < parallel:
-                path = waiting.pop(0)
+            for path in list(waiting):
+                if busy >= parallel:
+                    break
+                ready = _dependencies_ready(path)  # a fine-tune waits for its base run, taking no slot
+                if ready is False:
+                    continue
+                waiting.remove(path)
+                if isinstance(ready, str):
+                    codes[path] = 1
+                    mark(path, "failed", ready)
+                    continue
                 running[path], slots[path] = _start(path, threads)
                 busy += slots[path]
             time.sleep(0.2)

@@ -155,9 +155,9 @@ def statuses(registry, capsys, selector="K8S") -> dict:
     return {s["label"]: s for s in json.loads(capsys.readouterr().out)["K8S"]}
 
 
-def written_manifests() -> list[dict]:
-    folder = manifest.submissions_dir().parent / "_submitit" / "K8S" / SUBMISSION / "manifests"
-    return [yaml.safe_load(path.read_text()) for path in sorted(folder.glob("*.yaml"))]
+def written_manifests(registry="K8S") -> list[dict]:
+    folders = (manifest.submissions_dir().parent / "_submitit" / registry).glob("*/manifests")
+    return [yaml.safe_load(path.read_text()) for folder in folders for path in sorted(folder.glob("*.yaml"))]
 
 
 def spec_on(partition="openshift", **fields):
@@ -568,3 +568,16 @@ def test_a_two_process_pytorchjob_pod_trains_with_two_ranks(tmp_path, data_cache
     rows = paths.metrics_csv.read_text().splitlines()
     header = rows[0].split(",")
     assert rows[-1].split(",")[header.index("ranks")] == "2"
+
+
+def test_the_seeds_finetune_run_dry_runs_to_a_valid_manifest(capsys, no_kube_config):
+    """The lab's demo as it deploys: pythia-410m, last two layers, fp16, one L4 on OpenShift AI."""
+    assert main(["submit", "PYTHIA_410M_LAST2_FP16_OPENSHIFT", "--backend", "kubernetes", "--dry-run"]) == 0
+    (job,) = written_manifests("PYTHIA_410M_LAST2_FP16_OPENSHIFT")
+    assert kubernetes.check(job, "1.31") == ""
+    container = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    assert container["name"] == "pytorch" and container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["command"][-1].endswith("finetune_openshift/pythia410m_last2_fp16/spec.json")
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in job["spec"]["pytorchReplicaSpecs"]["Master"]
+              ["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"training-data-pvc", "trained-models-pvc", "workspace-pvc"}

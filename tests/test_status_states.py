@@ -120,7 +120,7 @@ def test_a_pending_task_cancelled_alone_is_cancelled_not_pending(module, fake_sl
     assert [rows[f"a{i}"]["state"] for i in range(3)] == ["running", "cancelled", "pending"]
     assert "cancelled while pending" in rows["a1"]["reason"]
     planned = json_of(module, "submit", "ALPHA", "--json", "--dry-run", "--retry-failed")
-    assert planned["counts"] == {"submit": 1, "completed": 0, "active": 2, "failed": 0, "over limit": 0}
+    assert planned["counts"] == {"submit": 1, "completed": 0, "active": 2, "failed": 0, "over limit": 0, "blocked": 0}
 
 
 def test_a_job_the_scheduler_forgot_reads_its_run_directory_and_sacct(module, fake_slurm, tmp_path):

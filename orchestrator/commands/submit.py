@@ -118,7 +118,8 @@ def _sbatch_flags(plan, array) -> str:
 
 
 def report(args, plan, submission, repaired, why="", manifests=()) -> None:
-    counts = {action: plan.count(action) for action in ("submit", "completed", "active", "failed", "over limit")}
+    counts = {action: plan.count(action) for action in ("submit", "completed", "active", "failed", "over limit",
+                                                       "blocked")}
     arrays = [{"job_id": record.job_id, "tasks": len(record.tasks), "resources": record.resources,
                "parallel": record.parallel} for record in (submission.arrays if submission else [])]
     if args.json:
@@ -139,11 +140,12 @@ def report(args, plan, submission, repaired, why="", manifests=()) -> None:
 
         table = Table(title=f"{plan.registry}: plan ({plan.backend} backend, nothing submitted)")
         how = "PyTorchJob" if plan.backend == "kubernetes" else "sbatch"
-        for column in ("array", "tasks", "resources", how, "first labels"):
+        for column in ("array", "tasks", "resources", how, "first labels", "after"):
             table.add_column(column)
         for number, array in enumerate(plan.arrays):
             labels = ", ".join(s.label for s in array.specs[:3]) + (" ..." if len(array.specs) > 3 else "")
-            table.add_row(str(number), str(len(array.specs)), array.signature, _sbatch_flags(plan, array), labels)
+            table.add_row(str(number), str(len(array.specs)), array.signature, _sbatch_flags(plan, array), labels,
+                          ", ".join(array.needs))
         console.print(table)
     verb = "would submit" if args.dry_run else "submitted"
     kubernetes = plan.backend == "kubernetes"
@@ -159,6 +161,9 @@ def report(args, plan, submission, repaired, why="", manifests=()) -> None:
     skipped = [f"{counts[k]} {k}" for k in ("completed", "active", "over limit") if counts[k]]
     if skipped:
         console.print("skipped: " + ", ".join(skipped).replace("active", "already queued or running"))
+    for decision in plan.decisions if counts["blocked"] else ():
+        if decision.action == "blocked":
+            console.print(f"[yellow]not submitted: {decision.spec.run_name} {decision.reason}[/yellow]")
     if counts["failed"]:
         were = "experiment was" if counts["failed"] == 1 else "experiments were"
         console.print(f"[yellow]{counts['failed']} failed, timed-out, cancelled or diverged {were} not "

@@ -271,6 +271,9 @@ def render(records, template: str, source: str = "the records") -> list[str]:
     return [text({name: record.get(name) for name in fields}) for record in records]
 
 
+PROMPT_WORDS = 3
+
+
 def prompt_prefix(template: str, record) -> str:
     """The record rendered up to its template's last field, trailing spaces removed: the
     prompt a demo completes ("Artist: Sonnets\\nLyrics:"). A BPE merges the space with the
@@ -287,7 +290,10 @@ def prompt_prefix(template: str, record) -> str:
         if name is not None:
             head.append("{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}")
     head.append(escaped(parsed[last][0]))
-    return render([record], "".join(head)).pop().rstrip(" ")
+    prefix = render([record], "".join(head)).pop().rstrip(" ")
+    if not prefix.strip():  # the template opens with its only field ("{text}\n"): the text's first words
+        prefix = " ".join(render([record], template).pop().split()[:PROMPT_WORDS])
+    return prefix
 
 
 def demo_prompts(records, template: str, count: int = 4) -> list[str]:
