@@ -195,3 +195,36 @@ def test_a_requeued_run_resumes_as_if_never_stopped(base_model, tmp_path, data_c
     assert losses(tmp_path / "whole") == pytest.approx(losses(tmp_path / "halves"), rel=1e-6)
     whole, halves = trained_weights(spec, tmp_path / "whole"), trained_weights(spec, tmp_path / "halves")
     assert max((whole[k] - halves[k]).abs().max().item() for k in whole) < 1e-6
+
+
+def test_gradient_checkpointing_recomputes_the_same_training(base_model, tmp_path, data_cache):
+    spec = spec_for(base_model, train_last_n_layers=3)
+    train_spec(spec, tmp_path / "plain", data_cache)
+    train_spec(spec.replace(gradient_checkpointing=True), tmp_path / "checkpointed", data_cache)
+    assert spec.replace(gradient_checkpointing=True).identity == spec.identity  # how, not what
+
+    def losses(root):
+        with open(RunPaths.of(spec.folder_name, spec.label, root).metrics_csv, newline="") as handle:
+            return [float(r["loss"]) for r in csv.DictReader(handle)]
+
+    assert losses(tmp_path / "plain") == pytest.approx(losses(tmp_path / "checkpointed"), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_two_data_parallel_ranks_train_as_one_rank_accumulating_their_two_batches(base_model, tmp_path, data_cache):
+    """Each batch's loss is its mean over its own tokens (as Hugging Face's): 2 ranks x 4 examples
+    average two such means, as one rank accumulating 2 x 4 does (8 examples in one batch would
+    weigh tokens, not batches, equally)."""
+    from test_lstm_ddp import assert_exited, launch, wait
+
+    spec = spec_for(base_model, label="ft_dp")
+    train_spec(spec, tmp_path / "one", data_cache, batch_size=4, grad_accum=2)
+    (tmp_path / "two").mkdir()
+    assert_exited(wait(launch(spec, tmp_path / "two", data_cache, world=2), tmp_path / "two"), 0, tmp_path / "two")
+    assert "x 2 ranks" in (tmp_path / "two" / "rank0.log").read_text()
+    one, two = trained_weights(spec, tmp_path / "one"), trained_weights(spec, tmp_path / "two")
+    difference = max((one[k] - two[k]).abs().max().item() for k in one)
+    print(f"finetune, 2 gloo ranks vs 1: largest weight difference {difference:.3g}")
+    assert difference < 1e-5
+    before = saved_weights(base_model)
+    assert changed(before, two) == changed(before, one) and len(changed(before, two)) == 24

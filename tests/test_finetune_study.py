@@ -6,11 +6,12 @@ is not run."""
 
 import json
 import subprocess
+import sys
 import textwrap
 
 import pytest
 
-from test_slurm_integration import orchestrate, results_dir, states, submitted_job, wait_for
+from test_slurm_integration import orchestrate, results_dir, states, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -79,14 +80,23 @@ def test_a_finetune_whose_base_failed_is_not_run(study):
 
 
 @pytest.mark.slurm
-def test_on_slurm_the_finetune_waits_in_squeue_for_its_base(study, slurm_cluster):
-    out = submitted_job(study, "SLURM_PAIR", "--backend", "slurm")
-    assert out["counts"]["submit"] == 2 and len(out["arrays"]) == 2
-    base, dependent = (a["job_id"] for a in out["arrays"])
-    queue = subprocess.run(["squeue", "-h", "-j", dependent, "-o", "%i|%T|%E"], capture_output=True, text=True).stdout
-    assert "PENDING" in queue and f"afterok:{base}" in queue, queue  # e.g. 723|PENDING|afterok:722(unfulfilled)
-    rows = wait_for(study, "SLURM_PAIR", lambda rows: all(r["state"] not in ("pending", "running", "requeued")
-                                                          for r in rows.values()), timeout_s=420,
-                    what="both runs to end")
-    assert {r["state"] for r in rows.values()} == {"completed"}, rows
+def test_one_study_command_on_slurm_holds_the_finetune_in_squeue_until_its_base_completes(study, slurm_cluster):
+    command = [sys.executable, "-m", "orchestrator", "--registry-module", str(study), "study", "SLURM_PAIR",
+               "--backend", "slurm"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        rows = wait_for(study, "SLURM_PAIR", lambda rows: len(rows) == 2 and all(r["job_id"] for r in rows.values()),
+                        timeout_s=60, what="both to be submitted")
+        base, dependent = rows["pretrain"]["job_id"], rows["last2"]["job_id"]
+        queue = subprocess.run(["squeue", "-h", "-j", dependent, "-o", "%i|%T|%E"], capture_output=True,
+                               text=True).stdout
+        print(f"squeue while the base trains: {queue.strip()}")
+        assert "PENDING" in queue and f"afterok:{base}" in queue, queue  # 723|PENDING|afterok:722(unfulfilled)
+        out, err = process.communicate(timeout=420)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    assert "2/2 runs done" in out
+    assert {r["state"] for r in states(study, "SLURM_PAIR").values()} == {"completed"}
     check_finetuned("ft_slurm")
