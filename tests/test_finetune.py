@@ -228,3 +228,15 @@ def test_two_data_parallel_ranks_train_as_one_rank_accumulating_their_two_batche
     assert difference < 1e-5
     before = saved_weights(base_model)
     assert changed(before, two) == changed(before, one) and len(changed(before, two)) == 24
+
+
+def test_bf16_holds_the_frozen_part_in_bfloat16_and_trains_the_rest_in_float32(base_model, tmp_path, data_cache):
+    spec = spec_for(base_model, precision="bf16")
+    assert train_spec(spec, tmp_path, data_cache)["state"] == "completed"
+    checkpoint = torch.load(latest_checkpoint(RunPaths.of(spec.folder_name, spec.label, tmp_path)), weights_only=True)
+    assert checkpoint["scaler"] is None and all(v.dtype == torch.float32 for v in checkpoint["model"].values())
+    before, after = saved_weights(base_model), trained_weights(spec, tmp_path)
+    frozen = [k for k in before if not k.startswith(("gpt_neox.layers.2.", "gpt_neox.layers.3."))]
+    assert all(torch.equal(before[k].bfloat16().float(), after[k]) for k in frozen)
+    trained = [k for k in before if k not in frozen]
+    assert len(trained) == 24 and not any(torch.equal(before[k], after[k]) for k in trained)
