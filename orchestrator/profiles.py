@@ -151,19 +151,23 @@ def _build(name: str, data: dict, sources: list[Path]) -> Profile:
     return Profile(name=name, **data)
 
 
+def _check_section(name: str, where: str, section: str, value, fields, required) -> None:
+    """A profile's nested mapping: only known keys, every required one."""
+    if not isinstance(value, dict):
+        raise UsageError(f"profile {name!r}: {section} must be a mapping of {', '.join(fields)}, got {value!r}")
+    for key in value:
+        if key not in fields:
+            raise unknown(f"{section} key in {where}:", key, fields)
+    missing = [k for k in required if k not in value]
+    if missing:
+        raise UsageError(f"profile {name!r} ({where}): {section} is missing: {', '.join(missing)}")
+
+
 def _kubernetes(name: str, where: str, value) -> KubernetesSettings:
     def bad(key, what):
         return UsageError(f"profile {name!r}: kubernetes.{key} must be {what}, got {value.get(key)!r}")
 
-    if not isinstance(value, dict):
-        raise UsageError(f"profile {name!r}: kubernetes must be a mapping of {', '.join(KUBERNETES_FIELDS)}, "
-                         f"got {value!r}")
-    for key in value:
-        if key not in KUBERNETES_FIELDS:
-            raise unknown(f"kubernetes key in {where}:", key, KUBERNETES_FIELDS)
-    missing = [k for k in KUBERNETES_REQUIRED if k not in value]
-    if missing:
-        raise UsageError(f"profile {name!r} ({where}): kubernetes is missing: {', '.join(missing)}")
+    _check_section(name, where, "kubernetes", value, KUBERNETES_FIELDS, KUBERNETES_REQUIRED)
     for key in ("namespace", "image", "results_dir", "image_pull_policy", "kubernetes_version"):
         if key in value and not (isinstance(value[key], str) and value[key].strip()):
             raise bad(key, "a non-empty string")
@@ -200,15 +204,7 @@ def _under(path: str, mount: str) -> bool:
 
 
 def _cpu_throughput(name: str, where: str, value) -> CpuThroughput:
-    if not isinstance(value, dict):
-        raise UsageError(f"profile {name!r}: cpu_throughput must be a mapping of "
-                         f"{', '.join(CPU_THROUGHPUT_FIELDS)}, got {value!r}")
-    for key in value:
-        if key not in CPU_THROUGHPUT_FIELDS:
-            raise unknown(f"cpu_throughput key in {where}:", key, CPU_THROUGHPUT_FIELDS)
-    missing = [k for k in CPU_THROUGHPUT_FIELDS if k not in value]
-    if missing:
-        raise UsageError(f"profile {name!r} ({where}): cpu_throughput is missing: {', '.join(missing)}")
+    _check_section(name, where, "cpu_throughput", value, CPU_THROUGHPUT_FIELDS, CPU_THROUGHPUT_FIELDS)
     for key in CPU_THROUGHPUT_FIELDS[:-1]:
         number = value[key]
         if isinstance(number, bool) or not isinstance(number, (int, float)) or number < 0 or (
